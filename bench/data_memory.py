@@ -81,9 +81,7 @@ def main() -> None:
         path, cache = Path(tmp) / "corpus.txt", Path(tmp) / "cache"
         write_corpus(path, args.mb)
         size = path.stat().st_size
-        print(
-            f"corpus: {size / 1e6:.1f} MB, {len(WORDS)} word types, non-ASCII mixed in"
-        )
+        print(f"corpus: {size / 1e6:.1f} MB, {len(WORDS)} word types, non-ASCII mixed in")
         print(f"{'phase':<38} {'seconds':>8} {'peak RSS MiB':>13}")
         for name, code in PHASES.items():
             seconds, rss = run_phase(code, path, cache)

@@ -428,9 +428,7 @@ def _check_shape(batch: int, seq_len: int) -> None:
         raise ConfigError(msg)
 
 
-def fit_batch_shape(
-    n_tokens: int, batch: int, seq_len: int, *, name: str = "corpus"
-) -> tuple[int, int]:
+def fit_batch_shape(n_tokens: int, batch: int, seq_len: int, *, name: str = "corpus") -> tuple[int, int]:
     """The (batch, seq_len) to use on n_tokens: as asked, or smaller for a short text.
 
     Each of the B streams holds S = (n_tokens - 1) // B tokens and needs S >= T + 1 for
@@ -539,9 +537,7 @@ class BatchStream:
         self._epoch, self._window = epoch, window
 
 
-def val_batches(
-    tokens: np.ndarray, batch: int, seq_len: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def val_batches(tokens: np.ndarray, batch: int, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One full pass over validation tokens as (inputs (T, B), targets (T, B)) int64.
 
     Cut like BatchStream, with B lowered so each stream has at least seq_len + 1 tokens
@@ -554,9 +550,7 @@ def val_batches(
     return _val_windows(tokens, batch, seq_len)
 
 
-def _val_windows(
-    tokens: np.ndarray, batch: int, seq_len: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _val_windows(tokens: np.ndarray, batch: int, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     n = len(tokens)
     if n < 2:
         return
