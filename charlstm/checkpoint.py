@@ -7,6 +7,7 @@ Which checkpoint a command uses when none is named also lives here (`default_mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -83,10 +84,8 @@ def save_checkpoint(
             os.fsync(out.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:  # includes KeyboardInterrupt: never leave the temp file behind
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        except OSError:
-            pass
         if isinstance(exc, OSError):
             raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
         raise
@@ -143,7 +142,7 @@ class _Members:
                 raise CheckpointError(f"{path}: unexpected member {info.filename!r}")
             self.infos[info.filename[: -len(".npy")]] = info
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self.infos)
 
     def read(self, key: str, max_bytes: int) -> np.ndarray:
@@ -197,7 +196,7 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, with_train_state: bool) 
     expected = dict(model_config.param_shapes())
     unexpected = [
         k
-        for k in members.keys()
+        for k in members.names()
         if k not in expected and k not in ("format", "config", "vocab") and not k.startswith(TRAIN_PREFIX)
     ]
     if unexpected:
@@ -240,7 +239,7 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, with_train_state: bool) 
     train_state: dict[str, np.ndarray] = {}
     if with_train_state:
         limit = 8 * model_config.n_params + (1 << 20)  # moments are parameter-sized
-        for key in members.keys():
+        for key in members.names():
             if key.startswith(TRAIN_PREFIX):
                 train_state[key[len(TRAIN_PREFIX) :]] = members.read(key, max_bytes=limit)
     return Checkpoint(path=path, config=config, params=params, vocab=vocab, train_state=train_state)
