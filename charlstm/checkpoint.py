@@ -145,7 +145,7 @@ class _Members:
     def names(self) -> list[str]:
         return list(self.infos)
 
-    def read(self, key: str, max_bytes: int) -> np.ndarray:
+    def read(self, key: str, max_bytes: int, expected_dtype: np.dtype | None = None) -> np.ndarray:
         info = self.infos.get(key)
         if info is None:
             raise CheckpointError(f"{self.path}: missing array {key!r}")
@@ -161,6 +161,8 @@ class _Members:
                 )
             else:
                 raise CheckpointError(f"{self.path}: array {key!r} has an unknown .npy version {version}")
+            if expected_dtype is not None and dtype != expected_dtype:
+                raise CheckpointError(f"{self.path}: array {key!r} is {dtype}, expected {expected_dtype}")
             if dtype.hasobject:
                 raise CheckpointError(
                     f"{self.path}: array {key!r} holds Python objects (refused: no unpickling)"
@@ -227,9 +229,7 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, with_train_state: bool) 
 
     params = Params.zeros(model_config, np.float32)
     for name, shape in expected.items():
-        array = members.read(name, max_bytes=4 * math.prod(shape))
-        if array.dtype != np.float32:
-            raise CheckpointError(f"{path}: array {name!r} is {array.dtype}, expected float32")
+        array = members.read(name, max_bytes=4 * math.prod(shape), expected_dtype=np.dtype(np.float32))
         if array.shape != shape:
             raise CheckpointError(f"{path}: array {name!r} has shape {array.shape}, expected {shape}")
         if not np.isfinite(array).all():

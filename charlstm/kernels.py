@@ -139,6 +139,7 @@ def lstm_backward(dz, dWh, db, dh_seq, gates, c_seq, h_seq, Wh, h0, c0):
     dh_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dh_t through h_t·Wh at t+1
     dc_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dc_t through c_{t+1} = f*c_t + ...
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
+    WhT = np.ascontiguousarray(Wh.T)  # (4H, H): BLAS is much slower on a transposed operand here
     for t in range(T - 1, -1, -1):
         c_prev = c_seq[t - 1] if t > 0 else c0
         for r in range(B):
@@ -167,7 +168,7 @@ def lstm_backward(dz, dWh, db, dh_seq, gates, c_seq, h_seq, Wh, h0, c0):
                 dzr[2 * H + j] = dc * i * (one - g * g)
                 dcn[j] = dc * f  # dLoss/dc_{t-1} through this step
         if t > 0:
-            np.dot(dz[t], Wh.T, dh_next)
+            np.dot(dz[t], WhT, dh_next)
     # Weight gradients as two large products instead of T small ones.
     dWh += np.dot(h0.T, dz[0])
     if T > 1:

@@ -1,0 +1,368 @@
+"""Tests for the engine (charlstm.model driving charlstm.kernels).
+
+The model is checked against the plain NumPy reference in tests/reference.py (forward, stored
+gates and state, gradients), against central finite differences on tiny shapes, and against
+itself split into windows with carried state. The loss, clipping and Adam kernels are checked
+against their textbook formulas written out here. float64 comparisons are tight; float32 goes
+through a rational tanh/sigmoid approximation (error ~4e-7), so its tolerances are looser.
+"""
+
+import numpy as np
+import pytest
+import reference
+
+from charlstm import kernels
+from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
+
+# Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
+SMALL = {
+    "L1-onehot": ModelConfig(vocab_size=7, layers=1, hidden=5, embed=0),
+    "L1-embed": ModelConfig(vocab_size=7, layers=1, hidden=5, embed=4),
+    "L2-onehot": ModelConfig(vocab_size=7, layers=2, hidden=5, embed=0),
+    "L2-embed": ModelConfig(vocab_size=7, layers=2, hidden=5, embed=4),
+    "L2-embed-dropout": ModelConfig(vocab_size=7, layers=2, hidden=5, embed=4, dropout=0.3),
+}
+TINY = {
+    "onehot": ModelConfig(vocab_size=5, layers=2, hidden=3, embed=0),
+    "embed": ModelConfig(vocab_size=5, layers=2, hidden=3, embed=3),
+    "onehot-dropout": ModelConfig(vocab_size=5, layers=2, hidden=3, embed=0, dropout=0.5),
+    "embed-dropout": ModelConfig(vocab_size=5, layers=2, hidden=3, embed=3, dropout=0.5),
+}
+DROPOUT_SEED = 1234  # a fresh np.random.default_rng(DROPOUT_SEED) per call fixes the masks
+
+
+def make_case(config, T, B, seed):
+    """float64 parameters, random inputs and targets (T, B), a random non-zero state (L, B, H)."""
+    rng = np.random.default_rng(seed)
+    params = init_params(config, rng, np.float64)
+    inputs = rng.integers(0, config.vocab_size, (T, B))
+    targets = rng.integers(0, config.vocab_size, (T, B))
+    shape = (config.layers, B, config.hidden)
+    h0 = rng.uniform(-0.9, 0.9, shape)  # h lies in (-1, 1)
+    c0 = rng.normal(0.0, 1.0, shape)
+    return params, inputs, targets, h0, c0
+
+
+def as_weights(params):
+    """The engine's parameters as the reference's float64 dict (copies)."""
+    return {name: params[name].astype(np.float64) for name in params.names()}
+
+
+def dropout_rng(config):
+    return np.random.default_rng(DROPOUT_SEED) if config.dropout > 0 else None
+
+
+def run_forward(params, inputs, h0, c0):
+    """Engine forward from copies of h0, c0. Returns logits (T*B, V), final h, c and the
+    workspace (its dropout masks are drawn from a fresh generator seeded DROPOUT_SEED)."""
+    T, B = inputs.shape
+    ws = Workspace(params.config, T, B, params.dtype)
+    h = h0.astype(params.dtype)
+    c = c0.astype(params.dtype)
+    logits = forward(params, inputs, h, c, ws, dropout_rng(params.config)).copy()
+    return logits, h, c, ws
+
+
+def run_loss_and_grad(params, inputs, targets, h0, c0):
+    """Engine loss and gradients (a new Params) from copies of h0, c0; masks as run_forward."""
+    T, B = inputs.shape
+    ws = Workspace(params.config, T, B, params.dtype)
+    grads = Params.zeros(params.config, params.dtype)
+    h = h0.astype(params.dtype)
+    c = c0.astype(params.dtype)
+    loss = loss_and_grad(params, grads, inputs, targets, h, c, ws, dropout_rng(params.config))
+    return loss, grads, ws
+
+
+def reference_masks(ws):
+    """The dropout masks the engine drew, for the reference (None without dropout)."""
+    return ws.masks.astype(np.float64) if ws.dropout_on else None
+
+
+def relative_error(numeric, analytic):
+    """max |num - ana| / max(|num| + |ana|) over one tensor (0 when both are all zero)."""
+    scale = np.max(np.abs(numeric) + np.abs(analytic))
+    return np.max(np.abs(numeric - analytic)) / scale if scale > 0 else 0.0
+
+
+def numeric_gradient(loss_fn, flat, eps=1e-5):
+    """Central differences of loss_fn() w.r.t. every element of flat (perturbed in place)."""
+    grad = np.zeros_like(flat)
+    for k in range(flat.size):
+        saved = flat[k]
+        flat[k] = saved + eps
+        up = loss_fn()
+        flat[k] = saved - eps
+        down = loss_fn()
+        flat[k] = saved
+        grad[k] = (up - down) / (2 * eps)
+    return grad
+
+
+# --------------------------------------------------------------------------------------------
+# Forward against the reference
+
+
+@pytest.mark.parametrize("config", SMALL.values(), ids=SMALL.keys())
+def test_forward_matches_reference(config):
+    T, B, L = 6, 3, config.layers
+    params, inputs, _, h0, c0 = make_case(config, T, B, seed=1)
+    logits, h, c, ws = run_forward(params, inputs, h0, c0)
+    ref = reference.forward(as_weights(params), inputs, h0, c0, reference_masks(ws))
+
+    V = config.vocab_size
+    np.testing.assert_allclose(logits, ref["logits"].reshape(T * B, V), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(h, ref["h"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
+    for layer in range(L):
+        rec = ref["layers"][layer]
+        gates = np.concatenate([rec["i"], rec["f"], rec["g"], rec["o"]], axis=-1)  # (T, B, 4H)
+        np.testing.assert_allclose(ws.gates[layer], gates, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ws.c_seq[layer], rec["c"], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ws.h_seq[layer], rec["h"], rtol=0, atol=1e-10)
+
+
+def test_dropout_masks_are_inverted_dropout():
+    config = SMALL["L2-embed-dropout"]
+    params, inputs, _, h0, c0 = make_case(config, 6, 3, seed=2)
+    _, _, _, ws = run_forward(params, inputs, h0, c0)
+    assert ws.dropout_on
+    p = config.dropout
+    values = np.unique(ws.masks)
+    np.testing.assert_allclose(values, [0.0, 1.0 / (1.0 - p)], rtol=1e-12)
+    assert abs(np.mean(ws.masks == 0) - p) < 0.15  # 180 draws
+    # Same generator state, same masks: what the finite-difference checks rely on.
+    _, _, _, ws_again = run_forward(params, inputs, h0, c0)
+    assert np.array_equal(ws.masks, ws_again.masks)
+    # Without a generator (evaluation) there is no dropout at all.
+    logits_eval = forward(params, inputs, h0.copy(), c0.copy(), Workspace(config, 6, 3, np.float64))
+    ref = reference.forward(as_weights(params), inputs, h0, c0)
+    np.testing.assert_allclose(logits_eval, ref["logits"].reshape(18, -1), rtol=0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("config", SMALL.values(), ids=SMALL.keys())
+def test_gradients_match_reference(config):
+    T, B = 6, 3
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=3)
+    loss, grads, ws = run_loss_and_grad(params, inputs, targets, h0, c0)
+    ref_loss, ref_grads = reference.loss_and_grad(
+        as_weights(params), inputs, targets, h0, c0, reference_masks(ws)
+    )
+    assert abs(loss - ref_loss) <= 1e-12
+    assert set(grads.names()) == set(ref_grads)
+    for name in grads.names():
+        assert np.any(ref_grads[name] != 0), name
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("config", TINY.values(), ids=TINY.keys())
+def test_gradients_match_finite_differences(config):
+    """Every element of every parameter, through the mean cross-entropy with random targets
+    (dropout masks held fixed by reseeding). Relative error per tensor as in relative_error."""
+    T, B = 4, 2
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=4)
+    _, grads, _ = run_loss_and_grad(params, inputs, targets, h0, c0)
+
+    def loss():
+        return run_loss_and_grad(params, inputs, targets, h0, c0)[0]
+
+    numeric = Params(config, numeric_gradient(loss, params.flat))
+    errors = {name: relative_error(numeric[name], grads[name]) for name in params.names()}
+    assert max(errors.values()) <= 1e-6, errors
+    for name in params.names():
+        assert np.any(grads[name] != 0), name
+
+
+@pytest.mark.parametrize("embed", [0, 3])
+def test_reference_backward_matches_finite_differences(embed):
+    """The reference's backward for a random upstream gradient on the logits (and random
+    dropout masks), so that the 1e-10 comparisons above compare against something right."""
+    config = ModelConfig(vocab_size=5, layers=2, hidden=3, embed=embed)
+    T, B = 4, 2
+    params, inputs, _, h0, c0 = make_case(config, T, B, seed=5)
+    weights = as_weights(params)
+    rng = np.random.default_rng(6)
+    upstream = rng.normal(size=(T, B, config.vocab_size))
+    masks = (rng.random((2, T, B, 3)) >= 0.3) / 0.7
+
+    def objective():
+        return np.sum(upstream * reference.forward(weights, inputs, h0, c0, masks)["logits"])
+
+    cache = reference.forward(weights, inputs, h0, c0, masks)
+    grads = reference.backward(weights, inputs, cache, upstream, masks)
+    errors = {}
+    for name, w in weights.items():
+        numeric = numeric_gradient(objective, w.reshape(-1)).reshape(w.shape)
+        errors[name] = relative_error(numeric, grads[name])
+    assert max(errors.values()) <= 1e-6, errors
+
+
+# --------------------------------------------------------------------------------------------
+# Carried state and precision
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_three_windows_equal_one_long_window(dtype, atol):
+    config = SMALL["L2-embed"]
+    T, B = 5, 3
+    params, inputs, _, h0, c0 = make_case(config, 3 * T, B, seed=7)
+    params = params.astype(dtype)
+    full_logits, full_h, full_c, _ = run_forward(params, inputs, h0, c0)
+
+    ws = Workspace(config, T, B, dtype)
+    h, c = h0.astype(dtype), c0.astype(dtype)
+    chunks = [forward(params, inputs[k * T : (k + 1) * T], h, c, ws).copy() for k in range(3)]
+    np.testing.assert_allclose(np.concatenate(chunks), full_logits, rtol=0, atol=atol)
+    np.testing.assert_allclose(h, full_h, rtol=0, atol=atol)
+    np.testing.assert_allclose(c, full_c, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("config", [SMALL["L2-onehot"], SMALL["L2-embed"]], ids=["onehot", "embed"])
+def test_float32_runs_the_same_kernels_as_float64(config):
+    T, B = 6, 3
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=8)
+    params32 = params.astype(np.float32)
+    logits64, h64, c64, _ = run_forward(params, inputs, h0, c0)
+    logits32, h32, c32, _ = run_forward(params32, inputs, h0, c0)
+    assert logits32.dtype == h32.dtype == c32.dtype == np.float32
+    np.testing.assert_allclose(logits32, logits64, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h32, h64, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(c32, c64, rtol=0, atol=1e-5)
+
+    loss64, grads64, _ = run_loss_and_grad(params, inputs, targets, h0, c0)
+    loss32, grads32, _ = run_loss_and_grad(params32, inputs, targets, h0, c0)
+    assert grads32.dtype == np.float32
+    assert abs(loss32 - loss64) <= 1e-5
+    np.testing.assert_allclose(grads32.flat, grads64.flat, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_softmax_cross_entropy_matches_formula(dtype, tol):
+    rng = np.random.default_rng(9)
+    N, V = 6, 5
+    logits = rng.normal(0.0, 3.0, (N, V)).astype(dtype)
+    targets = rng.integers(0, V, N)
+    dlogits = np.empty_like(logits)
+    loss = kernels.softmax_cross_entropy(dlogits, logits, targets)
+
+    z = logits.astype(np.float64)
+    expected = np.mean(np.log(np.sum(np.exp(z), axis=1)) - z[np.arange(N), targets])
+    softmax = np.exp(z) / np.sum(np.exp(z), axis=1, keepdims=True)
+    onehot = np.eye(V)[targets]
+    assert abs(loss - expected) <= tol * abs(expected)
+    np.testing.assert_allclose(dlogits, (softmax - onehot) / N, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_cross_entropy_huge_logits(dtype):
+    logits = np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4], [-1e4, -1e4, -1e4]], dtype=dtype)
+    targets = np.array([0, 0, 2])
+    dlogits = np.empty_like(logits)
+    with np.errstate(all="raise"):
+        loss = kernels.softmax_cross_entropy(dlogits, logits, targets)
+    # per row: 0, 1e4 + log 2 (target two 1e4 below a tie), log 3
+    expected = (0.0 + 1e4 + np.log(2.0) + np.log(3.0)) / 3
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    assert abs(loss - expected) <= 1e-12 * expected
+    expected_grad = np.array([[0.0, 0.0, 0.0], [-1.0, 0.5, 0.5], [1 / 3, 1 / 3, -2 / 3]]) / 3
+    np.testing.assert_allclose(dlogits, expected_grad, rtol=0, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# Clipping
+
+
+# The norm is accumulated in float64; in float32 each square may be rounded to float32 first.
+NORM_RTOL = [(np.float64, 1e-12), (np.float32, 1e-7)]
+
+
+@pytest.mark.parametrize("dtype, rtol", NORM_RTOL)
+def test_clip_leaves_small_gradients_untouched(dtype, rtol):
+    rng = np.random.default_rng(10)
+    grad = rng.normal(size=1000).astype(dtype)
+    grad *= 0.5 / np.linalg.norm(grad)
+    before = grad.copy()
+    norm = kernels.clip_grad_norm(grad, 1.0)
+    assert np.array_equal(grad, before)  # bitwise
+    assert abs(norm - np.linalg.norm(before.astype(np.float64))) <= rtol * norm
+    assert kernels.global_norm(grad) == norm
+
+
+@pytest.mark.parametrize("dtype, rtol", NORM_RTOL)
+def test_clip_rescales_large_gradients_to_max_norm(dtype, rtol):
+    rng = np.random.default_rng(11)
+    grad = (50.0 * rng.normal(size=1000)).astype(dtype)
+    before = grad.astype(np.float64)
+    expected_norm = np.linalg.norm(before)
+    norm = kernels.clip_grad_norm(grad, 1.0)
+    assert abs(norm - expected_norm) <= rtol * expected_norm
+    assert abs(np.linalg.norm(grad.astype(np.float64)) - 1.0) <= 1e-6
+    # Same direction: a uniform rescaling by max_norm / norm.
+    np.testing.assert_allclose(grad, before / expected_norm, rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Adam
+
+
+def textbook_adamw(theta, m, v, grad, mask, t, lr, beta1, beta2, eps, weight_decay):
+    """Kingma & Ba with bias correction, plus decoupled weight decay on the masked entries."""
+    theta = theta - lr * weight_decay * mask * theta
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad**2
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    theta = theta - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return theta, m, v
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-12, 0.0), (np.float32, 1e-6, 1e-7)])
+def test_adam_matches_textbook(dtype, rtol, atol):
+    rng = np.random.default_rng(12)
+    P = 200
+    lr, beta1, beta2, eps, wd = 1e-2, 0.9, 0.99, 1e-8, 0.1
+    mask = (rng.random(P) < 0.5).astype(np.uint8)
+    theta = rng.normal(size=P).astype(dtype)
+    m = np.zeros(P, dtype=dtype)
+    v = np.zeros(P, dtype=dtype)
+    ref_theta, ref_m, ref_v = theta.astype(np.float64), np.zeros(P), np.zeros(P)
+    for step in range(1, 6):
+        grad = rng.normal(size=P).astype(dtype)
+        kernels.adam_step(theta, m, v, grad, mask, step, lr, beta1, beta2, eps, wd)
+        ref_theta, ref_m, ref_v = textbook_adamw(
+            ref_theta, ref_m, ref_v, grad.astype(np.float64), mask, step, lr, beta1, beta2, eps, wd
+        )
+        np.testing.assert_allclose(m, ref_m, rtol=rtol, atol=atol, err_msg=f"m, step {step}")
+        np.testing.assert_allclose(v, ref_v, rtol=rtol, atol=atol, err_msg=f"v, step {step}")
+        np.testing.assert_allclose(theta, ref_theta, rtol=rtol, atol=atol, err_msg=f"theta, step {step}")
+
+
+def test_adam_first_step_is_lr_times_sign():
+    """Bias correction makes step 1 move every weight by lr * g / (|g| + eps), whatever beta."""
+    rng = np.random.default_rng(13)
+    P, lr, eps = 100, 1e-3, 1e-8
+    theta = rng.normal(size=P)
+    grad = rng.normal(size=P) * 10.0 ** rng.uniform(-3, 3, P)
+    start = theta.copy()
+    m, v = np.zeros(P), np.zeros(P)
+    kernels.adam_step(theta, m, v, grad, np.ones(P, dtype=np.uint8), 1, lr, 0.9, 0.999, eps, 0.0)
+    np.testing.assert_allclose(theta - start, -lr * grad / (np.abs(grad) + eps), rtol=1e-9, atol=0)
+
+
+def test_adam_weight_decay_only_where_masked():
+    """With a zero gradient, masked weights shrink by exactly (1 - lr * wd); others stay put."""
+    P, lr, wd = 10, 1e-2, 0.5
+    theta = np.linspace(-1.0, 1.0, P)
+    start = theta.copy()
+    mask = np.array([1, 0] * (P // 2), dtype=np.uint8)
+    m, v = np.zeros(P), np.zeros(P)
+    kernels.adam_step(theta, m, v, np.zeros(P), mask, 1, lr, 0.9, 0.999, 1e-8, wd)
+    np.testing.assert_allclose(theta, np.where(mask == 1, start * (1 - lr * wd), start), rtol=1e-15, atol=0)
