@@ -161,12 +161,12 @@ class _Members:
                 )
             else:
                 raise CheckpointError(f"{self.path}: array {key!r} has an unknown .npy version {version}")
-            if expected_dtype is not None and dtype != expected_dtype:
-                raise CheckpointError(f"{self.path}: array {key!r} is {dtype}, expected {expected_dtype}")
             if dtype.hasobject:
                 raise CheckpointError(
                     f"{self.path}: array {key!r} holds Python objects (refused: no unpickling)"
                 )
+            if expected_dtype is not None and dtype != expected_dtype:
+                raise CheckpointError(f"{self.path}: array {key!r} is {dtype}, expected {expected_dtype}")
             nbytes = math.prod(shape) * dtype.itemsize
             if nbytes > max_bytes:
                 raise CheckpointError(
