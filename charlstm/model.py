@@ -140,7 +140,10 @@ class Workspace:
         self.c_seq = np.empty((L, T, B, H), dtype=dtype)
         self.h0 = np.zeros((L, B, H), dtype=dtype)  # state each layer started the window from
         self.c0 = np.zeros((L, B, H), dtype=dtype)
-        self.x_embed = np.empty((T * B, config.embed), dtype=dtype)  # first layer's input
+        # The first layer's input projection of every character, embed·Wx (V, 4H), and its
+        # gradient: with V << B*T, looking rows up beats multiplying B*T embeddings.
+        self.input_table = np.empty((config.vocab_size, 4 * H), dtype=dtype)
+        self.dinput_table = np.empty((config.vocab_size, 4 * H), dtype=dtype)
         self.x_drop = np.empty((L, T, B, H), dtype=dtype)  # dropped-out h feeding layer l+1 / head
         self.masks = np.ones((L, T, B, H), dtype=dtype)  # dropout masks (0 or 1/(1-p))
         self.logits = np.empty((T * B, config.vocab_size), dtype=dtype)
@@ -181,8 +184,8 @@ def forward(
         if layer == 0 and config.embed == 0:
             kernels.gather_rows(proj, Wx, ws.tokens)  # one-hot(x)·Wx is a row lookup
         elif layer == 0:
-            kernels.gather_rows(ws.x_embed, params["embed"], ws.tokens)
-            kernels.matmul(proj, ws.x_embed, Wx)
+            kernels.matmul(ws.input_table, params["embed"], Wx)
+            kernels.gather_rows(proj, ws.input_table, ws.tokens)
         else:
             kernels.matmul(proj, _layer_output(ws, layer - 1).reshape(T * B, H), Wx)
         ws.h0[layer] = h[layer]
@@ -233,11 +236,11 @@ def backward(params: Params, grads: Params, targets: np.ndarray, ws: Workspace) 
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         if layer == 0 and config.embed == 0:
             kernels.scatter_add_rows(dWx, dz, ws.tokens)
-        elif layer == 0:
-            kernels.matmul_add(dWx, ws.x_embed.T, dz)
-            dx = np.empty((T * B, config.embed), dtype=ws.dtype)
-            kernels.matmul(dx, dz, Wx.T)
-            kernels.scatter_add_rows(grads["embed"], dx, ws.tokens)
+        elif layer == 0:  # through input_table = embed·Wx
+            ws.dinput_table[...] = 0.0
+            kernels.scatter_add_rows(ws.dinput_table, dz, ws.tokens)
+            kernels.matmul_add(dWx, params["embed"].T, ws.dinput_table)
+            kernels.matmul_add(grads["embed"], ws.dinput_table, Wx.T)
         else:
             kernels.matmul_add(dWx, _layer_output(ws, layer - 1).reshape(T * B, H).T, dz)
             kernels.matmul(dh, dz, Wx.T)  # gradient w.r.t. the layer below's output
