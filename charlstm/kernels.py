@@ -13,7 +13,7 @@ Backward kernels *add* into gradient buffers; the caller zeroes them.
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 
@@ -331,3 +331,220 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
         if decay_mask[k] != 0:
             theta[k] -= shrink * theta[k]
         theta[k] -= step_size * m[k] / (math.sqrt(v[k]) * inv_sqrt_bc2 + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+#
+# At batch 1 a generated character reads every weight once and does little arithmetic with
+# it, so its speed is memory bandwidth. These kernels read the weights in a "step layout"
+# built once by charlstm/sample.py: per layer one matrix W (4H, I+H) = [Wx; Wh] transposed,
+# its rows interleaved so that unit j's gates i, f, g, o are rows 4j..4j+3. A hidden unit is
+# then four dot products of contiguous rows with xh = [x; h_prev], a layer is one pass over
+# its W, and blocks of units can go to different threads. Layer 0 has I = 0: its input term,
+# embed·Wx (or Wx itself when one-hot), is a row of a (V, 4H) table in the same row order.
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _dot4(W, row, x, K):
+    """x[:K] · W[row + q, :K] for q = 0..3. Reassociation (nothing else: no finite-math
+    assumptions) lets LLVM vectorise the four sums; contraction allows FMA."""
+    s0 = s1 = s2 = s3 = x.dtype.type(0.0)
+    w0, w1, w2, w3 = W[row], W[row + 1], W[row + 2], W[row + 3]
+    for k in range(K):
+        xk = x[k]
+        s0 += w0[k] * xk
+        s1 += w1[k] * xk
+        s2 += w2[k] * xk
+        s3 += w3[k] * xk
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _dot(a, x):
+    """a (K,) · x (K,), vectorised like _dot4."""
+    s = x.dtype.type(0.0)
+    for k in range(x.size):
+        s += a[k] * x[k]
+    return s
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_units(h, c, xh, tokens, table, W, bias, layer, j0, j1):
+    """Advance hidden units j0..j1 of one layer for every stream: h, c (L, B, H) in place,
+    from xh (B, >=K) = [input; h before the step] (K = W[layer].shape[1])."""
+    B = h.shape[1]
+    Wl = W[layer]
+    K = Wl.shape[1]
+    b = bias[layer]
+    for j in range(j0, j1):
+        q = 4 * j
+        for r in range(B):
+            zi, zf, zg, zo = _dot4(Wl, q, xh[r], K)
+            zi += b[q]
+            zf += b[q + 1]
+            zg += b[q + 2]
+            zo += b[q + 3]
+            if layer == 0:
+                x = table[tokens[r]]
+                zi += x[q]
+                zf += x[q + 1]
+                zg += x[q + 2]
+                zo += x[q + 3]
+            cell = sigmoid(zf) * c[layer, r, j] + sigmoid(zi) * tanh(zg)
+            c[layer, r, j] = cell
+            h[layer, r, j] = sigmoid(zo) * tanh(cell)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _lstm_units_parallel(h, c, xh, tokens, table, W, bias, layer, blocks):
+    """_lstm_units over all H units, cut into `blocks` contiguous blocks run by threads."""
+    H = h.shape[2]
+    for k in prange(blocks):
+        _lstm_units(h, c, xh, tokens, table, W, bias, layer, k * H // blocks, (k + 1) * H // blocks)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks):
+    """Read one character per stream through every layer and the head; allocates nothing.
+
+    logits (B, V) out: the scores of the next character
+    h, c   (L, B, H) the state, advanced in place
+    xh     (B, 2H) work buffer; tokens (B,) the characters read
+    table (V, 4H), W (tuple of L arrays (4H, I+H)), bias (L, 4H): the step layout above
+    head_WT (V, H) = head.W transposed, head_b (V,)
+    blocks: parallel blocks of units per layer (1: this thread only)
+    """
+    L, B, H = h.shape
+    V = logits.shape[1]
+    for layer in range(L):
+        I = 0 if layer == 0 else H
+        for r in range(B):
+            if layer > 0:
+                for k in range(H):
+                    xh[r, k] = h[layer - 1, r, k]
+            for k in range(H):
+                xh[r, I + k] = h[layer, r, k]
+        if blocks > 1:
+            _lstm_units_parallel(h, c, xh, tokens, table, W, bias, layer, blocks)
+        else:
+            _lstm_units(h, c, xh, tokens, table, W, bias, layer, 0, H)
+    for r in range(B):
+        top = h[L - 1, r]
+        for v in range(V):
+            logits[r, v] = head_b[v] + _dot(head_WT[v], top)
+
+
+@njit(cache=True, error_model="numpy")
+def read_tokens(logits, h, c, xh, tokens, inputs, table, W, bias, head_WT, head_b, blocks):
+    """Feed the same inputs (N,) to every stream (the seed text): state and logits as after
+    the last one. tokens (B,) is work. Other arguments as in lstm_step."""
+    B = tokens.size
+    for t in range(inputs.size):
+        for r in range(B):
+            tokens[r] = inputs[t]
+        lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks)
+
+
+@njit(cache=True, error_model="numpy")
+def _ranks_later(p, a, b):
+    """Whether token a ranks after token b: lower probability, or equal and a higher id."""
+    return p[a] < p[b] or (p[a] == p[b] and a > b)
+
+
+@njit(cache=True, error_model="numpy")
+def _sift_down(order, p, root, end):
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _ranks_later(p, order[child + 1], order[child]):
+            child += 1
+        if not _ranks_later(p, order[child], order[root]):
+            return
+        order[root], order[child] = order[child], order[root]
+        root = child
+
+
+@njit(cache=True, error_model="numpy")
+def _rank_tokens(order, p):
+    """order (V,) = token ids from most to least probable under p (V,) (ties: lower id
+    first). Heapsort: in place, O(V log V), no allocation."""
+    V = p.size
+    for v in range(V):
+        order[v] = v
+    for root in range(V // 2 - 1, -1, -1):
+        _sift_down(order, p, root, V)
+    for end in range(V - 1, 0, -1):
+        order[0], order[end] = order[end], order[0]
+        _sift_down(order, p, 0, end)
+
+
+@njit(cache=True, error_model="numpy")
+def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p):
+    """out (B,) = one character per row of logits (B, V), drawn with uniforms (B,) in [0, 1).
+
+    temperature 0 (or top_k 1) takes the most likely character (the lowest id on ties).
+    Otherwise p ~ exp((logit - max) / temperature), computed in float64 with the maximum
+    subtracted first so that no temperature overflows (every term is in [0, 1], the largest
+    is 1); top_k (1..V; V = off) keeps the k most likely characters, then top_p (0 < p <= 1;
+    1 = off) the fewest of those whose probability adds up to top_p of theirs.
+    probs (B, V) float64 and order (V,) int are work buffers.
+    """
+    B, V = logits.shape
+    for r in range(B):
+        row = logits[r]
+        best = 0
+        for v in range(1, V):
+            if row[v] > row[best]:
+                best = v
+        if temperature == 0.0 or top_k == 1:
+            out[r] = best
+            continue
+        p = probs[r]
+        m = float(row[best])
+        for v in range(V):
+            p[v] = math.exp((float(row[v]) - m) / temperature)  # division: T may be tiny
+        if top_k < V or top_p < 1.0:
+            _rank_tokens(order, p)
+            keep = min(top_k, V)
+            if top_p < 1.0:
+                total = 0.0
+                for n in range(keep):
+                    total += p[order[n]]
+                cum = 0.0
+                for n in range(keep):
+                    cum += p[order[n]]
+                    if cum >= top_p * total:
+                        keep = n + 1
+                        break
+            for n in range(keep, V):
+                p[order[n]] = 0.0
+        total = 0.0
+        for v in range(V):
+            total += p[v]
+        target = uniforms[r] * total
+        cum = 0.0
+        pick = best  # only if rounding put target at the very end
+        for v in range(V):
+            cum += p[v]
+            if target < cum:
+                pick = v
+                break
+        out[r] = pick
+
+
+@njit(cache=True, error_model="numpy")
+def generate_steps(
+    out, logits, h, c, xh, probs, order, uniforms, table, W, bias, head_WT, head_b,
+    blocks, temperature, top_k, top_p,
+):  # fmt: skip
+    """out (B, N): draw N characters per stream, each from `logits` (B, V), which then read
+    it: on return h, c and logits are as after the last one, ready for the next call.
+    uniforms (B, N) in [0, 1): one per character drawn. Other arguments as in lstm_step and
+    sample_tokens; out[:, t] doubles as that step's input tokens."""
+    B, N = out.shape
+    for t in range(N):
+        tokens = out[:, t]
+        sample_tokens(tokens, probs, order, logits, uniforms[:, t], temperature, top_k, top_p)
+        lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks)

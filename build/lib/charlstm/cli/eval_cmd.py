@@ -1,0 +1,1 @@
+"""The `charlstm eval` command (placeholder until its issue lands)."""

@@ -1,0 +1,1 @@
+"""The `charlstm gates` command (placeholder until its issue lands)."""

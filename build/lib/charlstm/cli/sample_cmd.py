@@ -1,0 +1,1 @@
+"""The `charlstm sample` command (placeholder until its issue lands)."""

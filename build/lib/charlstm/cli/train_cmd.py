@@ -1,0 +1,1 @@
+"""The `charlstm train` command (placeholder until its issue lands)."""

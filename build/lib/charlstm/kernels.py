@@ -1,0 +1,333 @@
+"""Every Numba-compiled kernel of charlstm: the LSTM forward/backward pair, the loss, gradient
+clipping, Adam and the batch sampling step.
+
+Conventions (shared with the rest of the package):
+  B batch, T time, V vocabulary, E embedding, H hidden, L layers, I input width of a layer.
+  Gates lie along the 4H axis in the order i, f, g, o (PyTorch's). Sequences are time-major.
+Kernels take arrays and plain numbers only (no globals, no function arguments), never check
+shapes (the Python wrappers do) and have no fixed signature, so one kernel serves float64
+(gradient checks) and float32 (training). Outputs come first, then inputs, then sizes.
+Backward kernels *add* into gradient buffers; the caller zeroes them.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+
+def tanh(x):
+    """tanh for scalars inside kernels: exact in float64, a fast vectorisable rational
+    approximation in float32 (see the overload below)."""
+    return math.tanh(x)
+
+
+def sigmoid(x):
+    """Logistic function for scalars inside kernels, dispatched on precision like tanh."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(tanh, inline="always")
+def _tanh_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        # libm's tanhf/expf are scalar calls that keep LLVM from vectorising the gate loops
+        # and cost more than the recurrent matrix product. This odd rational function
+        # x*P(x^2)/Q(x^2), fitted to tanh on [-9, 9] and clamped outside, stays within
+        # 4e-7 of tanh (a few float32 ulps) and compiles to straight-line SIMD code.
+        def tanh_f32(x):
+            lim = np.float32(9.0)
+            y = min(max(x, -lim), lim)
+            s = y * y
+            p = np.float32(-8.290949086263143e-14)
+            p = p * s + np.float32(5.192549835857732e-11)
+            p = p * s + np.float32(-2.00292632275991e-08)
+            p = p * s + np.float32(1.1101750544255102e-05)
+            p = p * s + np.float32(0.003098647477408729)
+            p = p * s + np.float32(0.13079157580670306)
+            p = p * s + np.float32(1.0)
+            q = np.float32(0.0002538591132714459)
+            q = q * s + np.float32(0.024473734426352402)
+            q = q * s + np.float32(0.46412477830066656)
+            q = q * s + np.float32(1.0)
+            one = np.float32(1.0)
+            return min(max(y * p / q, -one), one)
+
+        return tanh_f32
+
+    def tanh_exact(x):
+        return math.tanh(x)
+
+    return tanh_exact
+
+
+@overload(sigmoid, inline="always")
+def _sigmoid_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+
+        def sigmoid_f32(x):
+            half = np.float32(0.5)
+            return half * tanh(half * x) + half
+
+        return sigmoid_f32
+
+    def sigmoid_exact(x):
+        # Branching keeps exp() from overflowing for large |x|.
+        if x >= 0.0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)
+
+    return sigmoid_exact
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM layer
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
+    """Run one LSTM layer over a window, keeping what backward needs.
+
+    gates  (T, B, 4H) on entry: the input projection x_t·Wx; on exit: activated i, f, g, o
+    h_seq  (T, B, H)  out: hidden state after each step
+    c_seq  (T, B, H)  out: cell memory after each step
+    Wh (H, 4H), b (4H,), h0 and c0 (B, H): the state carried in from the previous window.
+    """
+    T, B, G = gates.shape
+    H = G // 4
+    z_rec = np.empty((B, G), dtype=gates.dtype)  # h_{t-1}·Wh
+    h_prev = h0
+    c_prev = c0
+    for t in range(T):
+        np.dot(h_prev, Wh, z_rec)
+        ht = h_seq[t]
+        ct = c_seq[t]
+        for r in range(B):
+            # Contiguous loops with one activation each, so LLVM can vectorise them.
+            zr = gates[t, r]
+            rec = z_rec[r]
+            for k in range(2 * H):  # i, f
+                zr[k] = sigmoid(zr[k] + rec[k] + b[k])
+            for k in range(2 * H, 3 * H):  # g
+                zr[k] = tanh(zr[k] + rec[k] + b[k])
+            for k in range(3 * H, 4 * H):  # o
+                zr[k] = sigmoid(zr[k] + rec[k] + b[k])
+            cp = c_prev[r]
+            hr = ht[r]
+            cr = ct[r]
+            for j in range(H):
+                c = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]
+                cr[j] = c
+                hr[j] = zr[3 * H + j] * tanh(c)
+        h_prev = ht
+        c_prev = ct
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_backward(dz, dWh, db, dh_seq, gates, c_seq, h_seq, Wh, h0, c0):
+    """Backpropagate one layer through its window (truncated: nothing flows into h0, c0).
+
+    dz   (T, B, 4H) out: gradient of the loss w.r.t. the gate pre-activations
+    dWh  (H, 4H), db (4H,): accumulated into
+    dh_seq (T, B, H): gradient w.r.t. each h_t from above (the next layer or the head)
+    gates, c_seq, h_seq: as left by lstm_forward; h0, c0 (B, H) the carried-in state.
+    The input-side gradients (dWx, dx) follow from dz with one product each, done by the caller.
+    """
+    T, B, G = dz.shape
+    H = G // 4
+    dh_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dh_t through h_t·Wh at t+1
+    dc_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dc_t through c_{t+1} = f*c_t + ...
+    one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
+    WhT = np.ascontiguousarray(Wh.T)  # (4H, H): BLAS is much slower on a transposed operand here
+    for t in range(T - 1, -1, -1):
+        c_prev = c_seq[t - 1] if t > 0 else c0
+        for r in range(B):
+            gr = gates[t, r]
+            dzr = dz[t, r]
+            cr = c_seq[t, r]
+            cp = c_prev[r]
+            dhr = dh_seq[t, r]
+            dhn = dh_next[r]
+            dcn = dc_next[r]
+            # Two passes touching few arrays each: LLVM vectorises a loop only when it can
+            # check cheaply that its arrays do not overlap.
+            for j in range(H):
+                o = gr[3 * H + j]
+                tc = tanh(cr[j])  # the same function as forward, so gradients match it
+                dh = dhr[j] + dhn[j]
+                dzr[3 * H + j] = dh * tc * o * (one - o)
+                dcn[j] += dh * o * (one - tc * tc)  # now dLoss/dc_t
+            for j in range(H):
+                i = gr[j]
+                f = gr[H + j]
+                g = gr[2 * H + j]
+                dc = dcn[j]
+                dzr[j] = dc * g * i * (one - i)
+                dzr[H + j] = dc * cp[j] * f * (one - f)
+                dzr[2 * H + j] = dc * i * (one - g * g)
+                dcn[j] = dc * f  # dLoss/dc_{t-1} through this step
+        if t > 0:
+            np.dot(dz[t], WhT, dh_next)
+    # Weight gradients as two large products instead of T small ones.
+    dWh += np.dot(h0.T, dz[0])
+    if T > 1:
+        h_prev = h_seq[: T - 1].reshape(((T - 1) * B, H))
+        dWh += np.dot(h_prev.T, dz[1:].reshape(((T - 1) * B, G)))
+    for t in range(T):
+        for r in range(B):
+            for k in range(G):
+                db[k] += dz[t, r, k]
+
+
+# --------------------------------------------------------------------------------------------
+# Large products. All BLAS calls go through numba (SciPy's BLAS): mixing in NumPy's own
+# BLAS would start a second thread pool whose spinning threads fight this one for the cores.
+
+
+@njit(cache=True, error_model="numpy")
+def matmul(out, a, b):
+    """out (M, N) = a (M, K) · b (K, N); a and b may be transposed views."""
+    np.dot(a, b, out)
+
+
+@njit(cache=True, error_model="numpy")
+def matmul_add(out, a, b):
+    """out (M, N) += a (M, K) · b (K, N)."""
+    out += np.dot(a, b)
+
+
+@njit(cache=True, error_model="numpy")
+def add_column_sums(out, a):
+    """out (N,) += a (M, N) summed over rows (bias gradients)."""
+    M, N = a.shape
+    for m in range(M):
+        for n in range(N):
+            out[n] += a[m, n]
+
+
+@njit(cache=True, error_model="numpy")
+def add_row_vector(a, v):
+    """a (M, N) += v (N,) on every row (adding a bias)."""
+    M, N = a.shape
+    for m in range(M):
+        for n in range(N):
+            a[m, n] += v[n]
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs of the stack
+
+
+@njit(cache=True, error_model="numpy")
+def gather_rows(out, table, tokens):
+    """out (N, D) = table[tokens]; tokens (N,) int. Embedding lookup, or one-hot times Wx."""
+    N, D = out.shape
+    for n in range(N):
+        row = table[tokens[n]]
+        for k in range(D):
+            out[n, k] = row[k]
+
+
+@njit(cache=True, error_model="numpy")
+def scatter_add_rows(dtable, grad_rows, tokens):
+    """dtable[tokens[n]] += grad_rows[n]: the backward of gather_rows."""
+    N, D = grad_rows.shape
+    for n in range(N):
+        row = dtable[tokens[n]]
+        for k in range(D):
+            row[k] += grad_rows[n, k]
+
+
+@njit(cache=True, error_model="numpy")
+def apply_dropout(out, x, mask):
+    """out = x * mask elementwise (mask holds 0 or 1/(1-p): inverted dropout)."""
+    o = out.reshape(out.size)
+    a = x.reshape(x.size)
+    m = mask.reshape(mask.size)
+    for k in range(o.size):
+        o[k] = a[k] * m[k]
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_cross_entropy(dlogits, logits, targets):
+    """Mean cross-entropy (nats) of logits (N, V) against targets (N,); its gradient goes to
+    dlogits (N, V) (already divided by N). Safe for any finite logits (max subtracted)."""
+    N, V = logits.shape
+    total = 0.0
+    for n in range(N):
+        row = logits[n]
+        m = row[0]
+        for k in range(1, V):
+            if row[k] > m:
+                m = row[k]
+        s = 0.0
+        for k in range(V):
+            e = math.exp(row[k] - m)
+            dlogits[n, k] = e
+            s += e
+        total += math.log(s) + m - row[targets[n]]
+        inv = 1.0 / (s * N)
+        for k in range(V):
+            dlogits[n, k] *= inv
+        dlogits[n, targets[n]] -= 1.0 / N
+    return total / N
+
+
+@njit(cache=True, error_model="numpy")
+def token_log_probs(out, logits, targets):
+    """out (N,) = log softmax(logits)[n, targets[n]] in float64: per-character log-likelihood."""
+    N, V = logits.shape
+    for n in range(N):
+        row = logits[n]
+        m = row[0]
+        for k in range(1, V):
+            if row[k] > m:
+                m = row[k]
+        s = 0.0
+        for k in range(V):
+            s += math.exp(row[k] - m)
+        out[n] = row[targets[n]] - m - math.log(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimisation over the flat parameter buffer
+
+
+@njit(cache=True, error_model="numpy")
+def global_norm(grad):
+    """L2 norm of the flat gradient buffer, accumulated in float64."""
+    s = 0.0
+    for k in range(grad.size):
+        s += float(grad[k]) * float(grad[k])
+    return math.sqrt(s)
+
+
+@njit(cache=True, error_model="numpy")
+def clip_grad_norm(grad, max_norm):
+    """Scale grad in place so its global L2 norm is at most max_norm; return the norm before."""
+    norm = global_norm(grad)
+    if max_norm > 0.0 and norm > max_norm:
+        scale = max_norm / norm
+        for k in range(grad.size):
+            grad[k] *= scale
+    return norm
+
+
+@njit(cache=True, error_model="numpy")
+def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight_decay):
+    """One Adam update with bias correction (Kingma & Ba) and decoupled weight decay
+    (Loshchilov & Hutter) on the flat buffers theta, m, v (P,). step counts from 1.
+    decay_mask (P,) is 1 where weight decay applies (matrices) and 0 elsewhere (biases)."""
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
+    step_size = lr / bc1
+    inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
+    shrink = lr * weight_decay
+    for k in range(theta.size):
+        g = grad[k]
+        m[k] = beta1 * m[k] + (1.0 - beta1) * g
+        v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
+        if decay_mask[k] != 0:
+            theta[k] -= shrink * theta[k]
+        theta[k] -= step_size * m[k] / (math.sqrt(v[k]) * inv_sqrt_bc2 + eps)
