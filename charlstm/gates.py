@@ -59,7 +59,9 @@ class Thresholds:
 
     def check(self) -> Thresholds:
         if not 0.0 <= self.left < self.right <= 1.0:
-            raise ConfigError(f"saturation thresholds need 0 <= left < right <= 1, got {self.left}, {self.right}")
+            raise ConfigError(
+                f"saturation thresholds need 0 <= left < right <= 1, got {self.left}, {self.right}"
+            )
         if not 0.0 < self.mostly < 1.0:
             raise ConfigError(f"'mostly' must be a share in (0, 1), got {self.mostly}")
         if not self.z > 0.0:
@@ -223,7 +225,7 @@ def compute_trace(
         raise ConfigError(f"at most {MAX_CHARS:,} characters can be inspected, got {N:,}")
     if window < 1:
         raise ConfigError(f"window must be at least 1 character, got {window}")
-    L, H, V = config.layers, config.hidden, config.vocab_size
+    L, H = config.layers, config.hidden
     S = max(1, min(show, N))
     stand_in = vocab.chars.index(" ") if " " in vocab.chars else 0
     ids, known = encode_known(text, vocab)
@@ -543,7 +545,9 @@ def rank_units(trace: Trace, pick: str = "variance", feature: str | None = None)
         values, desc = feature_values(trace.text, feature)
         r, z = feature_correlation(trace.values, values, trace.value_std)
         scores = [
-            UnitScore(u, float(abs(r[u.layer, u.index])), float(r[u.layer, u.index]), float(z[u.layer, u.index]))
+            UnitScore(
+                u, float(abs(r[u.layer, u.index])), float(r[u.layer, u.index]), float(z[u.layer, u.index])
+            )
             for u in units
         ]
         scores.sort(key=lambda s: (-s.score, s.unit))

@@ -299,7 +299,8 @@ def global_norm(grad):
     """L2 norm of the flat gradient buffer, accumulated in float64."""
     s = 0.0
     for k in range(grad.size):
-        s += float(grad[k]) * float(grad[k])
+        x = np.float64(grad[k])  # square in float64 too, not just the sum
+        s += x * x
     return math.sqrt(s)
 
 
@@ -337,82 +338,89 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
 # Generation
 #
 # At batch 1 a generated character reads every weight once and does little arithmetic with
-# it, so its speed is memory bandwidth. These kernels read the weights in a "step layout"
-# built once by charlstm/sample.py: per layer one matrix W (4H, I+H) = [Wx; Wh] transposed,
-# its rows interleaved so that unit j's gates i, f, g, o are rows 4j..4j+3. A hidden unit is
-# then four dot products of contiguous rows with xh = [x; h_prev], a layer is one pass over
-# its W, and blocks of units can go to different threads. Layer 0 has I = 0: its input term,
-# embed·Wx (or Wx itself when one-hot), is a row of a (V, 4H) table in the same row order.
-
-
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _dot4(W, row, x, K):
-    """x[:K] · W[row + q, :K] for q = 0..3. Reassociation (nothing else: no finite-math
-    assumptions) lets LLVM vectorise the four sums; contraction allows FMA."""
-    s0 = s1 = s2 = s3 = x.dtype.type(0.0)
-    w0, w1, w2, w3 = W[row], W[row + 1], W[row + 2], W[row + 3]
-    for k in range(K):
-        xk = x[k]
-        s0 += w0[k] * xk
-        s1 += w1[k] * xk
-        s2 += w2[k] * xk
-        s3 += w3[k] * xk
-    return s0, s1, s2, s3
-
-
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _dot(a, x):
-    """a (K,) · x (K,), vectorised like _dot4."""
-    s = x.dtype.type(0.0)
-    for k in range(x.size):
-        s += a[k] * x[k]
-    return s
+# it, so its speed is memory bandwidth: one pass over each layer's weights, all in float32.
+# Layer l reads M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat
+# buffer) as x·Wx + h·Wh = [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which
+# vectorises along the row. Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot),
+# is a row of a (V, 4H) table. Every z[j] sums in the same order whatever the batch, thread
+# count or vector width, and nothing uses fastmath, so a random seed gives the same text on
+# any machine with the same library versions.
 
 
 @njit(cache=True, error_model="numpy")
-def _lstm_units(h, c, xh, tokens, table, W, bias, layer, j0, j1):
-    """Advance hidden units j0..j1 of one layer for every stream: h, c (L, B, H) in place,
-    from xh (B, >=K) = [input; h before the step] (K = W[layer].shape[1])."""
-    B = h.shape[1]
-    Wl = W[layer]
-    K = Wl.shape[1]
+def _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, j0, j1):
+    """Advance hidden units j0..j1 of one layer in every stream: h, c (L, B, H) in place.
+
+    z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], K rows of
+    M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way.
+    """
+    L, B, H = h.shape
+    Ml = M[layer]
+    K = Ml.shape[0]
     b = bias[layer]
-    for j in range(j0, j1):
-        q = 4 * j
-        for r in range(B):
-            zi, zf, zg, zo = _dot4(Wl, q, xh[r], K)
-            zi += b[q]
-            zf += b[q + 1]
-            zg += b[q + 2]
-            zo += b[q + 3]
-            if layer == 0:
-                x = table[tokens[r]]
-                zi += x[q]
-                zf += x[q + 1]
-                zg += x[q + 2]
-                zo += x[q + 3]
-            cell = sigmoid(zf) * c[layer, r, j] + sigmoid(zi) * tanh(zg)
-            c[layer, r, j] = cell
-            h[layer, r, j] = sigmoid(zo) * tanh(cell)
+    for r in range(B):
+        zr = z[r]
+        for q in range(4):
+            for j in range(q * H + j0, q * H + j1):
+                zr[j] = b[j]
+        if layer == 0:
+            x = table[tokens[r]]
+            for q in range(4):
+                for j in range(q * H + j0, q * H + j1):
+                    zr[j] += x[j]
+    k = 0
+    while k < K:
+        if k + 4 <= K:
+            w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
+            for r in range(B):
+                zr = z[r]
+                x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
+                for q in range(4):
+                    for j in range(q * H + j0, q * H + j1):
+                        zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+            k += 4
+        else:
+            w0 = Ml[k]
+            for r in range(B):
+                zr = z[r]
+                x0 = xh[r, k]
+                for q in range(4):
+                    for j in range(q * H + j0, q * H + j1):
+                        zr[j] += x0 * w0[j]
+            k += 1
+    for r in range(B):
+        zr = z[r]
+        hr = h[layer, r]
+        cr = c[layer, r]
+        # Contiguous loops with one activation each, so LLVM can vectorise them.
+        for j in range(j0, j1):
+            zr[j] = sigmoid(zr[j])
+            zr[H + j] = sigmoid(zr[H + j])
+            zr[2 * H + j] = tanh(zr[2 * H + j])
+            zr[3 * H + j] = sigmoid(zr[3 * H + j])
+        for j in range(j0, j1):
+            cell = zr[H + j] * cr[j] + zr[j] * zr[2 * H + j]
+            cr[j] = cell
+            hr[j] = zr[3 * H + j] * tanh(cell)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _lstm_units_parallel(h, c, xh, tokens, table, W, bias, layer, blocks):
+def _lstm_units_parallel(h, c, z, xh, tokens, table, M, bias, layer, blocks):
     """_lstm_units over all H units, cut into `blocks` contiguous blocks run by threads."""
     H = h.shape[2]
     for k in prange(blocks):
-        _lstm_units(h, c, xh, tokens, table, W, bias, layer, k * H // blocks, (k + 1) * H // blocks)
+        _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, k * H // blocks, (k + 1) * H // blocks)
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks):
+def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks):
     """Read one character per stream through every layer and the head; allocates nothing.
 
     logits (B, V) out: the scores of the next character
     h, c   (L, B, H) the state, advanced in place
-    xh     (B, 2H) work buffer; tokens (B,) the characters read
-    table (V, 4H), W (tuple of L arrays (4H, I+H)), bias (L, 4H): the step layout above
-    head_WT (V, H) = head.W transposed, head_b (V,)
+    z (B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
+    table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
+      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
     blocks: parallel blocks of units per layer (1: this thread only)
     """
     L, B, H = h.shape
@@ -426,24 +434,30 @@ def lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks)
             for k in range(H):
                 xh[r, I + k] = h[layer, r, k]
         if blocks > 1:
-            _lstm_units_parallel(h, c, xh, tokens, table, W, bias, layer, blocks)
+            _lstm_units_parallel(h, c, z, xh, tokens, table, M, bias, layer, blocks)
         else:
-            _lstm_units(h, c, xh, tokens, table, W, bias, layer, 0, H)
+            _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, 0, H)
     for r in range(B):
+        out = logits[r]
         top = h[L - 1, r]
         for v in range(V):
-            logits[r, v] = head_b[v] + _dot(head_WT[v], top)
+            out[v] = head_b[v]
+        for k in range(H):
+            hk = top[k]
+            w = head_W[k]
+            for v in range(V):
+                out[v] += hk * w[v]
 
 
 @njit(cache=True, error_model="numpy")
-def read_tokens(logits, h, c, xh, tokens, inputs, table, W, bias, head_WT, head_b, blocks):
+def read_tokens(logits, h, c, z, xh, tokens, inputs, table, M, bias, head_W, head_b, blocks):
     """Feed the same inputs (N,) to every stream (the seed text): state and logits as after
     the last one. tokens (B,) is work. Other arguments as in lstm_step."""
     B = tokens.size
     for t in range(inputs.size):
         for r in range(B):
             tokens[r] = inputs[t]
-        lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks)
+        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks)
 
 
 @njit(cache=True, error_model="numpy")
@@ -536,15 +550,13 @@ def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p
 
 @njit(cache=True, error_model="numpy")
 def generate_steps(
-    out, logits, h, c, xh, probs, order, uniforms, table, W, bias, head_WT, head_b,
+    out, logits, h, c, z, xh, probs, order, uniforms, table, M, bias, head_W, head_b,
     blocks, temperature, top_k, top_p,
 ):  # fmt: skip
-    """out (B, N): draw N characters per stream, each from `logits` (B, V), which then read
-    it: on return h, c and logits are as after the last one, ready for the next call.
-    uniforms (B, N) in [0, 1): one per character drawn. Other arguments as in lstm_step and
-    sample_tokens; out[:, t] doubles as that step's input tokens."""
-    B, N = out.shape
-    for t in range(N):
-        tokens = out[:, t]
-        sample_tokens(tokens, probs, order, logits, uniforms[:, t], temperature, top_k, top_p)
-        lstm_step(logits, h, c, xh, tokens, table, W, bias, head_WT, head_b, blocks)
+    """out (N, B): draw N characters per stream, each from `logits` (B, V), and read it, so
+    that on return h, c and logits are as after the last one, ready for the next call.
+    uniforms (N, B) in [0, 1): one per character drawn. Other arguments as in lstm_step and
+    sample_tokens; out[t] doubles as step t's input tokens."""
+    for t in range(out.shape[0]):
+        sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
+        lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b, blocks)
