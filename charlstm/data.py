@@ -335,7 +335,11 @@ _Cached = tuple[Vocab, np.ndarray]
 
 def _load_cached(tokens_file: Path, vocab_file: Path) -> _Cached | None:
     """The cached (vocab, tokens), or None if absent or unusable (then rebuilt)."""
-    if not (tokens_file.is_file() and vocab_file.is_file()):
+    try:
+        present = tokens_file.is_file() and vocab_file.is_file()
+    except OSError:  # is_file() raises e.g. for a name too long; writing the cache then says so
+        return None
+    if not present:
         return None
     try:
         vocab = Vocab.from_array(np.load(vocab_file, allow_pickle=False))

@@ -46,6 +46,7 @@ DEFAULT_MAX_CHARS = 2_000
 WINDOW = 1024  # characters per forward call; the state (h, c) is carried between windows
 N_SHIFTS = 20  # circular shifts making the null distribution of a feature correlation
 TOP_GUESSES = 3
+FORGET_BINS = 1 << 16  # forget gates binned by the top 16 bits of float32(1 - f)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Trace:
     """What the cells did over a text (N characters analysed, the first S of them shown)."""
 
     config: ModelConfig
+    vocab_chars: list[str]  # the model's characters, by id
     text: str  # the analysed text (N characters)
     ids: np.ndarray  # (N,) token ids fed to the model
     known: np.ndarray  # (N,) False where the character is not in the vocabulary
@@ -254,16 +256,16 @@ def compute_trace(
         bits[0] = -logp[0] / math.log(2.0)
 
     values = np.empty((L, N, H), dtype=np.float32)
-    forget = values if signal == "f" else np.empty((L, N, H), dtype=np.float32)
     gates_shown = np.empty((L, S, 4 * H), dtype=params.dtype)
     c_shown = np.empty((L, S, H), dtype=params.dtype)
     h_shown = np.empty((L, S, H), dtype=params.dtype)
-    guess_ids = np.zeros((S, TOP_GUESSES), dtype=np.int64)
-    guess_probs = np.zeros((S, TOP_GUESSES))
+    guess_ids = np.zeros((S, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
+    guess_probs = np.zeros(guess_ids.shape)
     below = np.zeros((L, 4 * H), dtype=np.int64)  # per gate unit: steps below thresholds.left
     above = np.zeros((L, 4 * H), dtype=np.int64)
     sums = np.zeros((L, 4 * H))
     sumsq = np.zeros((L, 4 * H))
+    forget_bins = np.zeros((L, FORGET_BINS), dtype=np.int64)  # see kernels.gate_stats_add
 
     for start in range(0, N, window):
         stop = min(start + window, N)
@@ -284,17 +286,16 @@ def compute_trace(
                 c_shown[layer, start:s_stop] = ws.c_seq[layer, : s_stop - start, 0]
                 h_shown[layer, start:s_stop] = ws.h_seq[layer, : s_stop - start, 0]
             _store_signal(values[layer, start:stop], ws, layer, signal, H)
-            if forget is not values:
-                forget[layer, start:stop] = g[:, H : 2 * H]
-            below[layer] += (g < thresholds.left).sum(axis=0)
-            above[layer] += (g > thresholds.right).sum(axis=0)
-            sums[layer] += g.sum(axis=0, dtype=np.float64)
-            sumsq[layer] += np.square(g, dtype=np.float64).sum(axis=0)
+            kernels.gate_stats_add(
+                below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
+                g, thresholds.left, thresholds.right,
+            )  # fmt: skip
 
     bits[~known] = np.nan
-    stats = _gate_stats(below, above, sums, sumsq, forget, N, H, thresholds)
+    stats = _gate_stats(below, above, sums, sumsq, forget_bins, N, H, thresholds)
     return Trace(
         config=config,
+        vocab_chars=list(vocab.chars),
         text=text,
         ids=ids,
         known=known,
@@ -318,7 +319,7 @@ def _store_signal(out: np.ndarray, ws: Workspace, layer: int, signal: str, H: in
         k = GATE_NAMES.index(signal)
         out[...] = ws.gates[layer, :, 0, k * H : (k + 1) * H]
     elif signal == "c":
-        np.tanh(ws.c_seq[layer, :, 0], out=out, dtype=out.dtype, casting="same_kind")
+        kernels.tanh_rows(out, ws.c_seq[layer, :, 0])
     else:
         out[...] = ws.h_seq[layer, :, 0]
 
@@ -350,14 +351,14 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(var)
 
 
-def _gate_stats(below, above, sums, sumsq, forget, N: int, H: int, thresholds: Thresholds) -> GateStats:
+def _gate_stats(below, above, sums, sumsq, forget_bins, N: int, H: int, thresholds: Thresholds) -> GateStats:
     L = below.shape[0]
     picks = [GATE_NAMES.index(g) for g in SATURATION_GATES]
     unit_left = np.stack([below[:, k * H : (k + 1) * H] for k in picks], axis=1) / N  # (L, 3, H)
     unit_right = np.stack([above[:, k * H : (k + 1) * H] for k in picks], axis=1) / N
     mean = (sums / N).reshape(L, 4, H)
     std = np.sqrt(np.maximum(sumsq.reshape(L, 4, H) / N - mean * mean, 0.0))
-    median_forget = np.array([np.median(forget[layer]) for layer in range(L)], dtype=np.float64)
+    median_forget = np.array([median_from_bins(forget_bins[layer]) for layer in range(L)])
     f_index = SATURATION_GATES.index("f")
     return GateStats(
         left=unit_left.mean(axis=2),
@@ -383,6 +384,32 @@ def saturation(values: np.ndarray, left: float = 0.1, right: float = 0.9) -> tup
     if values.ndim != 2 or values.shape[0] == 0:
         raise ConfigError("saturation needs a (T, H) array with T > 0")
     return (values < left).mean(axis=0), (values > right).mean(axis=0)
+
+
+def forget_bins_of(f: np.ndarray) -> np.ndarray:
+    """(FORGET_BINS,) counts of forget-gate values f (T, H) in the kernel's logarithmic bins."""
+    f = np.ascontiguousarray(f)
+    bins = np.zeros(FORGET_BINS, dtype=np.int64)
+    gates = np.zeros((f.shape[0], 4 * f.shape[1]), dtype=f.dtype)
+    gates[:, f.shape[1] : 2 * f.shape[1]] = f
+    kernels.gate_stats_add(
+        np.zeros(gates.shape[1], np.int64), np.zeros(gates.shape[1], np.int64),
+        np.zeros(gates.shape[1]), np.zeros(gates.shape[1]), bins, gates, 0.0, 1.0,
+    )  # fmt: skip
+    return bins
+
+
+def median_from_bins(bins: np.ndarray) -> float:
+    """The median forget gate from its bins (within 1% in 1 - f, so in half-life too)."""
+    total = int(bins.sum())
+    if total == 0:
+        return math.nan
+    b = int(np.searchsorted(np.cumsum(bins), (total + 1) // 2))  # the median's bin (of 1 - f)
+    if b == 0:
+        return 1.0  # 1 - f is zero (or denormal): a gate that never forgets
+    edges = np.array([b << 16, (b + 1) << 16], dtype=np.uint64).astype(np.uint32).view(np.float32)
+    d = math.sqrt(float(edges[0]) * float(edges[1]))  # geometric centre of a log-width bin
+    return 1.0 - d
 
 
 def integrator_count(unit_right_forget: np.ndarray, mostly: float = 0.5) -> np.ndarray:
@@ -542,7 +569,7 @@ def rank_units(trace: Trace, pick: str = "variance", feature: str | None = None)
     L, H = trace.config.layers, trace.config.hidden
     units = [Unit(layer, j) for layer in range(L) for j in range(H)]
     if feature is not None:
-        values, desc = feature_values(trace.text, feature)
+        values, desc = check_feature(trace.text, feature)
         r, z = feature_correlation(trace.values, values, trace.value_std)
         scores = [
             UnitScore(
@@ -562,6 +589,21 @@ def rank_units(trace: Trace, pick: str = "variance", feature: str | None = None)
     scores = [UnitScore(u, float(table[u.layer, u.index])) for u in units]
     scores.sort(key=lambda s: (-s.score, s.unit))
     return Ranking(pick, trace.signal, scores)
+
+
+def check_feature(text: str, spec: str) -> tuple[np.ndarray, str]:
+    """feature_values, refusing a feature that never changes over the text."""
+    values, desc = feature_values(text, spec)
+    if values.min() == values.max():
+        raise ConfigError(
+            f"--feature {spec}: {desc} is the same ({values[0]:g}) for all {len(values):,} characters "
+            "of this text; there is nothing to correlate with"
+        )
+    if len(_shifts(len(values), N_SHIFTS)) < 3:
+        raise ConfigError(
+            f"--feature: {len(values)} characters are too few to tell a correlation from chance"
+        )
+    return values, desc
 
 
 def _shifts(N: int, n_shifts: int) -> list[int]:
@@ -618,3 +660,101 @@ def feature_correlation(
     if squeeze:
         return r[0], z[0]
     return r, z
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def _numbers(values: np.ndarray, digits: int = 6) -> list:
+    """A JSON-ready list: rounded floats, None for NaN and infinities."""
+    rounded = np.round(np.asarray(values, dtype=np.float64), digits)
+    ok = np.isfinite(rounded)
+    return [v if k else None for v, k in zip(rounded.tolist(), ok.tolist(), strict=True)]
+
+
+def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> dict:
+    """Everything `inspect-gates` measured, as plain JSON values: statistics for every unit,
+    full arrays for the units shown (`shown`: the displayed span, raw c; `signal`: the ranked
+    signal over the whole text). None stands for NaN, and for an infinite half-life."""
+    cfg, stats, th = trace.config, trace.stats, trace.thresholds
+    saturation_rows = []
+    memory_rows = []
+    for layer in range(cfg.layers):
+        for k, gate in enumerate(SATURATION_GATES):
+            saturation_rows.append(
+                {
+                    "layer": layer + 1,
+                    "gate": gate,
+                    "role": SIGNAL_ROLES[gate],
+                    "shut": round(float(stats.left[layer, k]), 6),
+                    "open": round(float(stats.right[layer, k]), 6),
+                    "units_mostly_shut": int((stats.unit_left[layer, k] > th.mostly).sum()),
+                    "units_mostly_open": int((stats.unit_right[layer, k] > th.mostly).sum()),
+                }
+            )
+        memory_rows.append(
+            {
+                "layer": layer + 1,
+                "median_forget": _numbers(stats.median_forget[layer : layer + 1], 8)[0],
+                "half_life_steps": _numbers(stats.half_life[layer : layer + 1], 3)[0],
+                "integrators": int(stats.integrators[layer]),
+            }
+        )
+    ranked = []
+    for s in ranking.scores:
+        entry = {
+            "unit": str(s.unit),
+            "layer": s.unit.layer + 1,
+            "index": s.unit.index,
+            "score": round(s.score, 6),
+        }
+        if s.r is not None:
+            entry.update(r=round(s.r, 6), z=round(s.z, 3), chance=s.is_chance(th.z))
+        ranked.append(entry)
+    chosen = []
+    for unit in units:
+        chosen.append(
+            {
+                "unit": str(unit),
+                "layer": unit.layer + 1,
+                "index": unit.index,
+                "mean": dict(zip(GATE_NAMES, _numbers(stats.mean[unit.layer, :, unit.index]), strict=True)),
+                "std": dict(zip(GATE_NAMES, _numbers(stats.std[unit.layer, :, unit.index]), strict=True)),
+                "shown": {name: _numbers(trace.series(unit, name)) for name in SIGNALS},
+                "signal": _numbers(trace.values[unit.layer, :, unit.index]),
+            }
+        )
+    guesses = [[trace.vocab_chars[i] for i in row] for row in trace.guess_ids.tolist()]
+    return {
+        "format": "charlstm-gates/1",
+        "model": model,
+        "config": {
+            "layers": cfg.layers,
+            "hidden": cfg.hidden,
+            "embed": cfg.embed,
+            "vocab_size": cfg.vocab_size,
+        },
+        "text": trace.text,
+        "n_chars": trace.n_chars,
+        "warmup_chars": trace.n_warmup,
+        "shown_chars": trace.shown,
+        "unknown_chars": trace.n_unknown,
+        "bits_per_char": _numbers(np.array([trace.bits_per_char]))[0],
+        "signal": trace.signal,
+        "signal_note": "tanh(c) for c" if trace.signal == "c" else "as computed",
+        "thresholds": {"left": th.left, "right": th.right, "mostly": th.mostly, "z": th.z},
+        "saturation": saturation_rows,
+        "memory": memory_rows,
+        "ranking": {
+            "method": ranking.method,
+            "description": ranking.describe(),
+            "feature": ranking.feature,
+            "n_shifts": ranking.n_shifts,
+            "units": ranked,
+        },
+        "feature": None if ranking.feature_values is None else _numbers(ranking.feature_values),
+        "units": chosen,
+        "surprisal_bits": _numbers(trace.bits, 4),
+        "guesses": {"chars": guesses, "probs": _numbers(trace.guess_probs, 5)},
+    }

@@ -348,60 +348,90 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
 
 
 @njit(cache=True, error_model="numpy")
+def embed_projection(out, embed, Wx):
+    """out (V, 4H) = embed (V, E) · Wx (E, 4H): the first layer's input term per character,
+    in this section's summation order (and without BLAS, which is slow to load)."""
+    V, E = embed.shape
+    G = out.shape[1]
+    for v in range(V):
+        row = out[v]
+        for j in range(G):
+            row[j] = 0.0
+        for e in range(E):
+            x = embed[v, e]
+            w = Wx[e]
+            for j in range(G):
+                row[j] += x * w[j]
+
+
+@njit(cache=True, error_model="numpy")
 def _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, j0, j1):
     """Advance hidden units j0..j1 of one layer in every stream: h, c (L, B, H) in place.
 
     z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], K rows of
     M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way.
+    Loops run over slices from 0, so LLVM sees unit strides and vectorises them.
     """
     L, B, H = h.shape
     Ml = M[layer]
     K = Ml.shape[0]
     b = bias[layer]
+    n = j1 - j0
+    # The columns of units j0..j1: one segment per gate, or all 4H at once (fewer, longer
+    # loops) when the block is the whole layer.
+    segments, size = (1, 4 * H) if n == H else (4, n)
     for r in range(B):
-        zr = z[r]
-        for q in range(4):
-            for j in range(q * H + j0, q * H + j1):
-                zr[j] = b[j]
-        if layer == 0:
-            x = table[tokens[r]]
-            for q in range(4):
-                for j in range(q * H + j0, q * H + j1):
-                    zr[j] += x[j]
-    k = 0
-    while k < K:
-        if k + 4 <= K:
-            w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
-            for r in range(B):
-                zr = z[r]
-                x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
-                for q in range(4):
-                    for j in range(q * H + j0, q * H + j1):
-                        zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
-            k += 4
-        else:
-            w0 = Ml[k]
-            for r in range(B):
-                zr = z[r]
-                x0 = xh[r, k]
-                for q in range(4):
-                    for j in range(q * H + j0, q * H + j1):
-                        zr[j] += x0 * w0[j]
-            k += 1
+        for q in range(segments):
+            lo = q * H + j0
+            zq = z[r, lo : lo + size]
+            bq = b[lo : lo + size]
+            for j in range(size):
+                zq[j] = bq[j]
+            if layer == 0:
+                xq = table[tokens[r], lo : lo + size]
+                for j in range(size):
+                    zq[j] += xq[j]
+    for k in range(0, K - K % 4, 4):
+        for r in range(B):
+            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
+            for q in range(segments):
+                lo = q * H + j0
+                zq = z[r, lo : lo + size]
+                w0 = Ml[k, lo : lo + size]
+                w1 = Ml[k + 1, lo : lo + size]
+                w2 = Ml[k + 2, lo : lo + size]
+                w3 = Ml[k + 3, lo : lo + size]
+                for j in range(size):
+                    zq[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+    for k in range(K - K % 4, K):
+        for r in range(B):
+            x0 = xh[r, k]
+            for q in range(segments):
+                lo = q * H + j0
+                zq = z[r, lo : lo + size]
+                w0 = Ml[k, lo : lo + size]
+                for j in range(size):
+                    zq[j] += x0 * w0[j]
     for r in range(B):
-        zr = z[r]
-        hr = h[layer, r]
-        cr = c[layer, r]
+        zi = z[r, j0:j1]
+        zf = z[r, H + j0 : H + j1]
+        zg = z[r, 2 * H + j0 : 2 * H + j1]
+        zo = z[r, 3 * H + j0 : 3 * H + j1]
+        hr = h[layer, r, j0:j1]
+        cr = c[layer, r, j0:j1]
         # Contiguous loops with one activation each, so LLVM can vectorise them.
-        for j in range(j0, j1):
-            zr[j] = sigmoid(zr[j])
-            zr[H + j] = sigmoid(zr[H + j])
-            zr[2 * H + j] = tanh(zr[2 * H + j])
-            zr[3 * H + j] = sigmoid(zr[3 * H + j])
-        for j in range(j0, j1):
-            cell = zr[H + j] * cr[j] + zr[j] * zr[2 * H + j]
+        for j in range(n):
+            zi[j] = sigmoid(zi[j])
+        for j in range(n):
+            zf[j] = sigmoid(zf[j])
+        for j in range(n):
+            zg[j] = tanh(zg[j])
+        for j in range(n):
+            zo[j] = sigmoid(zo[j])
+        for j in range(n):
+            cell = zf[j] * cr[j] + zi[j] * zg[j]
             cr[j] = cell
-            hr[j] = zr[3 * H + j] * tanh(cell)
+            hr[j] = zo[j] * tanh(cell)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -426,13 +456,13 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, block
     L, B, H = h.shape
     V = logits.shape[1]
     for layer in range(L):
-        I = 0 if layer == 0 else H
+        below = 0 if layer == 0 else H  # width of the input part of xh
         for r in range(B):
             if layer > 0:
                 for k in range(H):
                     xh[r, k] = h[layer - 1, r, k]
             for k in range(H):
-                xh[r, I + k] = h[layer, r, k]
+                xh[r, below + k] = h[layer, r, k]
         if blocks > 1:
             _lstm_units_parallel(h, c, z, xh, tokens, table, M, bias, layer, blocks)
         else:
@@ -447,17 +477,6 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, block
             w = head_W[k]
             for v in range(V):
                 out[v] += hk * w[v]
-
-
-@njit(cache=True, error_model="numpy")
-def read_tokens(logits, h, c, z, xh, tokens, inputs, table, M, bias, head_W, head_b, blocks):
-    """Feed the same inputs (N,) to every stream (the seed text): state and logits as after
-    the last one. tokens (B,) is work. Other arguments as in lstm_step."""
-    B = tokens.size
-    for t in range(inputs.size):
-        for r in range(B):
-            tokens[r] = inputs[t]
-        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks)
 
 
 @njit(cache=True, error_model="numpy")
@@ -550,13 +569,65 @@ def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p
 
 @njit(cache=True, error_model="numpy")
 def generate_steps(
-    out, logits, h, c, z, xh, probs, order, uniforms, table, M, bias, head_W, head_b,
-    blocks, temperature, top_k, top_p,
+    out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
+    head_b, blocks, temperature, top_k, top_p,
 ):  # fmt: skip
-    """out (N, B): draw N characters per stream, each from `logits` (B, V), and read it, so
-    that on return h, c and logits are as after the last one, ready for the next call.
-    uniforms (N, B) in [0, 1): one per character drawn. Other arguments as in lstm_step and
-    sample_tokens; out[t] doubles as step t's input tokens."""
+    """Read inputs (S,) in every stream (the seed), then write out (N, B): N characters per
+    stream, each drawn from `logits` (B, V) and read in turn. On return h, c and logits are as
+    after the last character read, ready for the next call. uniforms (N, B) in [0, 1): one per
+    character drawn; tokens (B,) work. Other arguments as in lstm_step and sample_tokens.
+    One kernel for both jobs, as each kernel calling lstm_step adds to the compile time."""
+    for t in range(inputs.size):
+        for r in range(tokens.size):
+            tokens[r] = inputs[t]
+        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks)
     for t in range(out.shape[0]):
         sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
         lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b, blocks)
+
+
+# --------------------------------------------------------------------------------------------
+# Gate inspection
+#
+# charlstm/gates.py runs model.forward over a text one window at a time (B=1) and folds each
+# window's gates into running statistics here, in one pass, instead of keeping every value.
+
+
+@njit(cache=True, error_model="numpy")
+def gate_stats_add(below, above, sums, sumsq, forget_bins, gates, left, right):
+    """Add one window of one layer's gates (one stream) to running statistics.
+
+    gates (T, 4H): activated i, f, g, o per step, as model.forward leaves them
+    below, above (4H,) int: steps each gate unit spent below `left` / above `right`
+    sums, sumsq (4H,) float64: running sums of the values and of their squares
+    forget_bins (65536,) int: forget gates counted by the top 16 bits of float32(1 - f). Bit
+      patterns of non-negative floats sort like their values, so these are logarithmic bins
+      (1/128 relative width): a median half-life without storing or sorting T*H values.
+    """
+    T, G = gates.shape
+    H = G // 4
+    d = np.empty(H, dtype=np.float32)
+    bits = d.view(np.uint32)
+    for t in range(T):
+        row = gates[t]
+        for k in range(G):
+            x = row[k]
+            sums[k] += x
+            sumsq[k] += x * x
+            below[k] += 1 if x < left else 0
+            above[k] += 1 if x > right else 0
+        for j in range(H):
+            d[j] = 1.0 - row[H + j]
+        for j in range(H):
+            forget_bins[bits[j] >> 16] += 1
+
+
+@njit(cache=True, error_model="numpy")
+def tanh_rows(out, x):
+    """out (T, H) = tanh(x (T, H)) with the forward pass's tanh: the memory as h reads it."""
+    T, H = x.shape
+    for t in range(T):
+        xt = x[t]
+        ot = out[t]
+        for j in range(H):
+            ot[j] = tanh(xt[j])

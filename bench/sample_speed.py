@@ -1,0 +1,196 @@
+"""Characters per second generating text at batch 1: charlstm against a plain NumPy step loop
+and PyTorch (`nn.LSTM` called once per character, and a hand-written step), side by side.
+
+    python bench/sample_speed.py [--sizes 2x256,2x512] [--threads 1,2] [--repeats 3]
+
+Random-init models with V=65, E=64, float32; each measurement generates 2,000 characters after
+a 100-character seed at temperature 0.8, in its own subprocess with the thread count fixed
+through the environment, implementations alternating so that a noisy neighbour hurts all alike.
+PyTorch columns are blank when torch is not installed; "torch" is the faster of its two ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import string
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+V, E = 65, 64
+LENGTH = 2000
+SEED_TEXT = ("First Citizen: before we proceed any further, hear me speak. All: speak, speak. " * 2)[:100]
+TEMPERATURE = 0.8
+IMPLS = ("charlstm", "numpy", "torch-lstm", "torch-step")
+
+
+def make_model(layers: int, hidden: int):
+    from charlstm.data import Vocab
+    from charlstm.model import ModelConfig, init_params
+
+    vocab = Vocab(sorted("\n !',-.:;?012" + string.ascii_letters))  # V = 65 characters
+    config = ModelConfig(vocab_size=vocab.size, layers=layers, hidden=hidden, embed=E)
+    return init_params(config, np.random.default_rng(0)), vocab
+
+
+def time_charlstm(layers: int, hidden: int) -> float:
+    from charlstm.sample import generate
+
+    params, vocab = make_model(layers, hidden)
+    generate(params, vocab, SEED_TEXT, 10, random_seed=0)  # numba: load the cached kernels
+    start = time.perf_counter()
+    generate(params, vocab, SEED_TEXT, LENGTH, temperature=TEMPERATURE, random_seed=1)
+    return LENGTH / (time.perf_counter() - start)
+
+
+def time_numpy(layers: int, hidden: int) -> float:
+    """The obvious NumPy loop: a few matrix-vector products and gate slices per layer."""
+    params, vocab = make_model(layers, hidden)
+    H = hidden
+    w = {name: params[name] for name in params.names()}
+    rng = np.random.default_rng(1)
+    h = [np.zeros(H, np.float32) for _ in range(layers)]
+    c = [np.zeros(H, np.float32) for _ in range(layers)]
+
+    def sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    def step(token: int) -> np.ndarray:
+        x = w["embed"][token]
+        for layer in range(layers):
+            z = x @ w[f"lstm.{layer}.Wx"] + h[layer] @ w[f"lstm.{layer}.Wh"] + w[f"lstm.{layer}.b"]
+            i, f, o = sigmoid(z[:H]), sigmoid(z[H : 2 * H]), sigmoid(z[3 * H :])
+            c[layer] = f * c[layer] + i * np.tanh(z[2 * H : 3 * H])
+            h[layer] = o * np.tanh(c[layer])
+            x = h[layer]
+        return x @ w["head.W"] + w["head.b"]
+
+    start = time.perf_counter()
+    for token in vocab.encode(SEED_TEXT):
+        logits = step(int(token))
+    seed_time = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(LENGTH):
+        scaled = (logits.astype(np.float64) - logits.max()) / TEMPERATURE
+        p = np.exp(scaled)
+        token = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"))
+        logits = step(min(token, V - 1))
+    del seed_time
+    return LENGTH / (time.perf_counter() - start)
+
+
+def time_torch(layers: int, hidden: int, threads: int, way: str) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    params, vocab = make_model(layers, hidden)
+    H = hidden
+    t = {name: torch.from_numpy(params[name].copy()) for name in params.names()}
+    lstm = torch.nn.LSTM(E, H, layers)
+    with torch.no_grad():
+        for layer in range(layers):
+            getattr(lstm, f"weight_ih_l{layer}").copy_(t[f"lstm.{layer}.Wx"].T)
+            getattr(lstm, f"weight_hh_l{layer}").copy_(t[f"lstm.{layer}.Wh"].T)
+            getattr(lstm, f"bias_ih_l{layer}").copy_(t[f"lstm.{layer}.b"])
+            getattr(lstm, f"bias_hh_l{layer}").zero_()
+    gen = torch.Generator().manual_seed(1)
+    state = [(torch.zeros(1, H), torch.zeros(1, H)) for _ in range(layers)]
+    lstm_state = (torch.zeros(layers, 1, H), torch.zeros(layers, 1, H))
+
+    def step_lstm(token: int) -> torch.Tensor:
+        nonlocal lstm_state
+        x = t["embed"][token].view(1, 1, E)
+        out, lstm_state = lstm(x, lstm_state)
+        return out[0, 0] @ t["head.W"] + t["head.b"]
+
+    def step_hand(token: int) -> torch.Tensor:
+        x = t["embed"][token].view(1, E)
+        for layer in range(layers):
+            h, c = state[layer]
+            z = torch.addmm(t[f"lstm.{layer}.b"], x, t[f"lstm.{layer}.Wx"])
+            z.addmm_(h, t[f"lstm.{layer}.Wh"])
+            i, f, g, o = z.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            state[layer] = (h, c)
+            x = h
+        return (x @ t["head.W"] + t["head.b"])[0]
+
+    step = step_lstm if way == "lstm" else step_hand
+    with torch.inference_mode():
+        for token in vocab.encode(SEED_TEXT):
+            logits = step(int(token))
+        start = time.perf_counter()
+        for _ in range(LENGTH):
+            p = torch.softmax(logits / TEMPERATURE, dim=0)
+            logits = step(int(torch.multinomial(p, 1, generator=gen)))
+    return LENGTH / (time.perf_counter() - start)
+
+
+def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int) -> float | None:
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [sys.executable, __file__, "--child", f"{impl}:{layers}:{hidden}:{threads}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        if impl.startswith("torch") and "No module named 'torch'" in result.stderr:
+            return None
+        raise RuntimeError(result.stderr)
+    return json.loads(result.stdout.strip().splitlines()[-1])["chars_per_s"]
+
+
+def run_child(spec: str) -> None:
+    impl, layers, hidden, threads = spec.split(":")
+    L, H = int(layers), int(hidden)
+    if impl == "charlstm":
+        rate = time_charlstm(L, H)
+    elif impl == "numpy":
+        rate = time_numpy(L, H)
+    else:
+        rate = time_torch(L, H, int(threads), impl.removeprefix("torch-"))
+    print(json.dumps({"chars_per_s": rate}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2x256,2x512")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args.child)
+        return
+
+    sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
+    thread_counts = [int(n) for n in args.threads.split(",")]
+    print(f"generating {LENGTH} characters at batch 1, V={V} E={E}, float32; best of {args.repeats}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    header = ["L x H", "threads", "charlstm", "numpy", "nn.LSTM", "torch step", "x numpy", "x torch"]
+    print(" ".join(f"{h:>10}" for h in header))
+    for layers, hidden in sizes:
+        for threads in thread_counts:
+            best: dict[str, float | None] = {impl: 0.0 for impl in IMPLS}
+            for _ in range(args.repeats):  # alternate so all see the same machine
+                for impl in IMPLS:
+                    if best[impl] is None:
+                        continue
+                    rate = measure_in_subprocess(impl, layers, hidden, threads)
+                    best[impl] = None if rate is None else max(best[impl], rate)
+            ours, numpy_rate = best["charlstm"], best["numpy"]
+            torch_rates = [r for r in (best["torch-lstm"], best["torch-step"]) if r]
+            torch_best = max(torch_rates) if torch_rates else None
+            cells = [f"{layers}x{hidden}", str(threads), f"{ours:.0f}", f"{numpy_rate:.0f}"]
+            cells += [f"{best[i]:.0f}" if best[i] else "-" for i in ("torch-lstm", "torch-step")]
+            cells += [f"{ours / numpy_rate:.2f}", f"{ours / torch_best:.2f}" if torch_best else "-"]
+            print(" ".join(f"{cell:>10}" for cell in cells), flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

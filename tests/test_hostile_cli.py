@@ -1,0 +1,343 @@
+"""Hostile values for every numeric option of train, sample, eval and inspect-gates (hypothesis).
+
+Each run, through `CliRunner`, is either a correct run (exit 0 and a usable result) or exit 1
+with a single `error: ...` line on stderr, the last one, and no traceback; never a hang.
+Values come from pools of the edges that break programs: 0, -1, NaN, infinities, subnormals,
+integers past 64 bits, sizes no machine can allocate. Models and corpora are tiny.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.cli import app
+
+ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
+TEXT = "It was the best of times, it was the worst of times; naïve café, 東京 🌸 \"q\".\n" * 40
+TINY = ["--layers", "1", "--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch-size", "4"]
+HUGE = 10**30  # past int64: numpy and numba overflow here
+ABSURD = 10**12  # fits int64, but no machine allocates that many of anything
+MEMORY_CAP = 3 << 30  # bytes a single run may add: far above what a tiny model needs
+
+CLI = settings(
+    max_examples=20,
+    deadline=None,  # a hang is caught by no_hang; run times vary with the shared machine
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float) -> Iterator[None]:
+    """Interrupt a run that goes on too long (hypothesis deadlines only report afterwards)."""
+
+    def expire(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def memory_cap(extra: int) -> Iterator[None]:
+    """Cap this process's address space at its current size plus `extra` bytes, so a run that
+    tries to allocate terabytes fails with MemoryError instead of taking the shared machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    cap = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def run(*args: object, seconds: float = 30):
+    with no_hang(seconds), memory_cap(MEMORY_CAP):
+        return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def check_outcome(result) -> bool:
+    """True for a successful run, False for a clean refusal; fails the test otherwise."""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"escaped: {result.exception!r}\n{result.stderr[-2000:]}") from result.exception
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    if result.exit_code == 0:
+        return True
+    assert result.exit_code == 1, (result.exit_code, result.stderr[-2000:])
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    assert len(errors[0]) > len("error: ")
+    return False
+
+
+# one pool per kind of value; None means "leave the option out"
+FLOATS = [math.nan, math.inf, -math.inf, -1.0, -0.0, 0.0, 5e-324, 1e-300, 0.5, 1.0, 1e308]
+SIGNED_INTS = [-HUGE, -(2**63), -1, 0, 1, 2, 3, 2**63, HUGE]
+
+
+def pick(pool: list) -> st.SearchStrategy:
+    return st.sampled_from(pool)
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """A tiny corpus, and a 1x8 model trained on it (best weights and training state)."""
+    folder = tmp_path_factory.mktemp("hostile-cli")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = folder / "models" / "tiny.npz"
+    result = run("train", corpus, *TINY, "--steps", 4, "--eval-every", 2, "--out", out, seconds=120)
+    assert result.exit_code == 0, result.stderr
+    return {"folder": folder, "corpus": corpus, "model": out, "last": out.with_name("tiny.last.npz")}
+
+
+# --------------------------------------------------------------------------------- train
+
+TRAIN_POOLS = {
+    "--layers": [-1, 0, 1, 2, ABSURD, HUGE],
+    "--hidden": [-1, 0, 1, 3, ABSURD, HUGE],
+    "--embed": [-1, 0, 1, 5, ABSURD, HUGE],
+    "--dropout": FLOATS + [0.999999],
+    "--seq-len": SIGNED_INTS + [ABSURD],
+    "--batch-size": SIGNED_INTS + [ABSURD],
+    "--lr": FLOATS + [1e-3],
+    "--min-lr": FLOATS + [1e-4],
+    "--warmup": SIGNED_INTS,
+    "--weight-decay": FLOATS,
+    "--clip": FLOATS,
+    "--eval-every": SIGNED_INTS,
+    "--val-frac": FLOATS + [0.1, 0.9, 0.999],
+    "--random-seed": SIGNED_INTS + [2**64],
+    # budgets: invalid values, or ones small enough to finish (a huge valid budget is a
+    # request to train for that long, not a hostile input)
+    "--steps": [-HUGE, -1, 0, 1, 3],
+    "--epochs": [math.nan, math.inf, -1.0, 0.0, 5e-324, 0.02],
+    "--minutes": [math.nan, math.inf, -1.0, 0.0, 5e-324, 0.002],
+}
+BUDGETS = ("--steps", "--epochs", "--minutes")
+
+
+def sweep(pools: dict[str, list]) -> list:
+    """Every value of every pool on its own: each edge is tried, not left to chance."""
+    return [pytest.param(name, value, id=f"{name}={value!r}") for name, pool in pools.items() for value in pool]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, value", sweep(TRAIN_POOLS))
+def test_train_each_option_alone(workspace, tmp_path, name, value):
+    options = {name: value} if name in BUDGETS else {name: value, "--steps": 2}
+    check_train(workspace, tmp_path, options)
+
+
+def check_train(workspace, folder: Path, options: dict[str, object]) -> None:
+    out = folder / "models" / "m.npz"
+    base = dict(zip(TINY[::2], TINY[1::2], strict=True))
+    result = run("train", workspace["corpus"], *as_args({**base, **options}), "--out", out)
+    if check_outcome(result):
+        checkpoint = load_checkpoint(out.with_name("m.last.npz"), with_train_state=True)
+        for name in ("--layers", "--hidden", "--embed"):
+            if name in options:
+                assert checkpoint.config[name[2:]] == options[name]
+        assert "training summary" in result.stderr
+
+
+@st.composite
+def train_options(draw) -> dict[str, object]:
+    names = draw(st.lists(st.sampled_from(sorted(TRAIN_POOLS)), min_size=1, max_size=4, unique=True))
+    options = {name: draw(pick(TRAIN_POOLS[name]), label=name) for name in names}
+    if not any(name in options for name in BUDGETS):
+        options["--steps"] = 2
+    return options
+
+
+def as_args(options: dict[str, object]) -> list[object]:
+    return [part for name, value in options.items() for part in (name, value)]
+
+
+@pytest.mark.slow
+@CLI
+@given(options=train_options())
+def test_train_numeric_options(workspace, tmp_path_factory, options):
+    check_train(workspace, tmp_path_factory.mktemp("train"), options)
+
+
+@pytest.mark.slow
+@CLI
+@given(
+    options=st.fixed_dictionaries(
+        {},
+        optional={name: pick(pool) for name, pool in TRAIN_POOLS.items() if name not in BUDGETS},
+    ),
+    steps=pick([-1, 0, 4, 5, HUGE]),
+)
+def test_resume_with_numeric_options(workspace, tmp_path_factory, options, steps):
+    # resuming from a copy: other options must equal the saved ones or be refused
+    folder = tmp_path_factory.mktemp("resume") / "models"
+    folder.mkdir()
+    last = folder / "tiny.last.npz"
+    last.write_bytes(workspace["last"].read_bytes())
+    budget = 5 if steps == HUGE else steps  # a huge valid budget would train for ever
+    result = run("train", "--resume", last, "--steps", budget, *as_args(options))
+    if check_outcome(result):
+        assert load_checkpoint(last, with_train_state=True).config["step"] == max(budget, 4)
+
+
+# -------------------------------------------------------------------------------- sample
+
+SAMPLE_POOLS = {
+    "--length": [-HUGE, -1, 0, 1, 7, 120],  # a huge valid length streams for ever: left out
+    "--temperature": FLOATS + [0.01, 1e-30],
+    "--top-k": SIGNED_INTS + [ABSURD],
+    "--top-p": FLOATS + [1.0000001, 1e-30],
+    "--random-seed": SIGNED_INTS + [2**64],
+    "--num-samples": [-HUGE, -1, 0, 1, 3, ABSURD, HUGE],
+}
+
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+
+
+@pytest.mark.slow
+@CLI
+@given(
+    options=st.fixed_dictionaries({}, optional={name: pick(pool) for name, pool in SAMPLE_POOLS.items()}),
+    seed=st.none() | st.sampled_from(["It was", "", "\n", "[bold]x", "東京"]) | any_text,
+    stop=st.none() | any_text,
+    as_json=st.booleans(),
+    skip_unknown=st.booleans(),
+)
+def test_sample_numeric_options(workspace, options, seed, stop, as_json, skip_unknown):
+    check_sample(workspace, options, seed, stop, as_json, skip_unknown)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, value", sweep(SAMPLE_POOLS))
+def test_sample_each_option_alone(workspace, name, value):
+    check_sample(workspace, {name: value, "--length": 20} if name != "--length" else {name: value})
+
+
+def check_sample(workspace, options, seed=None, stop=None, as_json=True, skip_unknown=False) -> None:
+    args: list[object] = ["sample", "--model", workspace["model"], *as_args(options)]
+    if seed is not None:
+        args += ["--seed", seed]
+    if stop is not None:
+        args += ["--stop", stop]
+    if as_json:
+        args.append("--json")
+    if skip_unknown:
+        args.append("--skip-unknown")
+    result = run(*args)
+    if check_outcome(result) and as_json:
+        report = json.loads(result.stdout)
+        samples = report["samples"]
+        assert len(samples) == options.get("--num-samples", 1)
+        if stop is None:
+            length = options.get("--length", 500)
+            assert all(len(text) >= length for text in samples)
+
+
+# -------------------------------------------------------------------------- inspect-gates
+
+GATES_POOLS = {
+    "--sample": SIGNED_INTS + [50],
+    "--top": SIGNED_INTS + [ABSURD],
+    "--layer": SIGNED_INTS,
+    "--max-chars": SIGNED_INTS + [20_000, 20_001],
+    "--show": SIGNED_INTS + [ABSURD],
+    "--left": FLOATS + [0.95],
+    "--right": FLOATS + [0.05],
+    "--width": SIGNED_INTS + [19, 20, 21, 400, ABSURD],
+    "--temperature": FLOATS,
+    "--random-seed": SIGNED_INTS,
+}
+
+
+@pytest.mark.slow
+@CLI
+@given(
+    options=st.fixed_dictionaries({}, optional={name: pick(pool) for name, pool in GATES_POOLS.items()}),
+    view=st.sampled_from(["overview", "gates", "heatmap", "predict"]),
+    text=st.sampled_from(["It was the best", "x", "[bold]:smile:\t\n", "\x1b[31mred"]) | any_text,
+    ascii_only=st.booleans(),
+)
+def test_inspect_gates_numeric_options(workspace, options, view, text, ascii_only):
+    check_gates(workspace, options, view, text, ascii_only)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, value", sweep(GATES_POOLS))
+def test_inspect_gates_each_option_alone(workspace, name, value):
+    check_gates(workspace, {name: value})
+
+
+def check_gates(workspace, options, view="overview", text="It was the best", ascii_only=False) -> None:
+    args: list[object] = ["inspect-gates", "--model", workspace["model"], "--view", view]
+    if "--sample" not in options:
+        args += ["--text", text]
+    if view == "gates":
+        args += ["--units", "L1:0,L1:7"]
+    if ascii_only:
+        args.append("--ascii")
+    result = run(*args, *as_args(options))
+    if check_outcome(result) and ascii_only:
+        assert result.stdout.isascii()
+
+
+# ---------------------------------------------------------------------------------- eval
+
+
+@pytest.mark.slow
+@CLI
+@given(raw=st.binary(max_size=40) | any_text.map(lambda s: s.encode("utf-8", "surrogatepass")))
+def test_eval_any_file(workspace, tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("eval") / "text.txt"
+    path.write_bytes(raw)
+    result = run("eval", workspace["model"], path, "--json")
+    if check_outcome(result):
+        report = json.loads(result.stdout)
+        text = raw.decode("utf-8")
+        assert report["characters"] == len(text)
+        assert report["predicted"] + report["unknown"] >= len(text) - 1
+
+
+@pytest.mark.parametrize(
+    "model",
+    [b"", b"PK\x05\x06" + bytes(18), b"\x93NUMPY", b"garbage" * 100],
+)
+def test_eval_and_sample_with_a_file_that_is_no_model(workspace, tmp_path, model):
+    path = tmp_path / "model.npz"
+    path.write_bytes(model)
+    for args in (
+        ["eval", path, workspace["corpus"]],
+        ["sample", "--model", path, "--length", 5],
+        ["inspect-gates", "--model", path, "--text", "abc"],
+        ["train", "--resume", path, "--steps", 5],
+    ):
+        result = run(*args)
+        assert not check_outcome(result), args
+        assert str(path) in result.stderr
