@@ -150,7 +150,8 @@ class _Members:
             # gigabytes (a zip bomb), so compressed archives are refused (np.savez never compresses).
             if info.compress_type != zipfile.ZIP_STORED:
                 raise CheckpointError(
-                    f"{path}: array {info.filename!r} is compressed (charlstm checkpoints are stored uncompressed)"
+                    f"{path}: array {info.filename!r} is compressed "
+                    "(charlstm checkpoints are stored uncompressed)"
                 )
             if info.compress_size != info.file_size:
                 raise CheckpointError(f"{path}: array {info.filename!r} has inconsistent sizes")

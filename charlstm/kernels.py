@@ -13,7 +13,7 @@ Backward kernels *add* into gradient buffers; the caller zeroes them.
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 
@@ -342,9 +342,10 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
 # Layer l reads M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat
 # buffer) as x·Wx + h·Wh = [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which
 # vectorises along the row. Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot),
-# is a row of a (V, 4H) table. Every z[j] sums in the same order whatever the batch, thread
-# count or vector width, and nothing uses fastmath, so a random seed gives the same text on
-# any machine with the same library versions.
+# is a row of a (V, 4H) table. Every z[j] sums in the same order whatever the batch or the
+# vector width, and nothing uses fastmath, so a random seed gives the same text on any machine
+# with the same library versions. One thread: splitting a layer between threads needs them to
+# meet at every layer, which costs more than it saves whenever other programs share the cores.
 
 
 @njit(cache=True, error_model="numpy")
@@ -365,85 +366,64 @@ def embed_projection(out, embed, Wx):
 
 
 @njit(cache=True, error_model="numpy")
-def _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, j0, j1):
-    """Advance hidden units j0..j1 of one layer in every stream: h, c (L, B, H) in place.
+def _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer):
+    """Advance one layer one step in every stream: h, c (L, B, H) in place.
 
-    z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], K rows of
-    M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way.
-    Loops run over slices from 0, so LLVM sees unit strides and vectorises them.
+    z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], the K rows of
+    M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way. Loops
+    run over slices from 0, so that LLVM sees unit strides and vectorises them.
     """
     L, B, H = h.shape
+    G = 4 * H
     Ml = M[layer]
     K = Ml.shape[0]
     b = bias[layer]
-    n = j1 - j0
-    # The columns of units j0..j1: one segment per gate, or all 4H at once (fewer, longer
-    # loops) when the block is the whole layer.
-    segments, size = (1, 4 * H) if n == H else (4, n)
     for r in range(B):
-        for q in range(segments):
-            lo = q * H + j0
-            zq = z[r, lo : lo + size]
-            bq = b[lo : lo + size]
-            for j in range(size):
-                zq[j] = bq[j]
-            if layer == 0:
-                xq = table[tokens[r], lo : lo + size]
-                for j in range(size):
-                    zq[j] += xq[j]
+        zr = z[r]
+        for j in range(G):
+            zr[j] = b[j]
+        if layer == 0:
+            x = table[tokens[r]]
+            for j in range(G):
+                zr[j] += x[j]
     for k in range(0, K - K % 4, 4):
+        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
         for r in range(B):
+            zr = z[r]
             x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
-            for q in range(segments):
-                lo = q * H + j0
-                zq = z[r, lo : lo + size]
-                w0 = Ml[k, lo : lo + size]
-                w1 = Ml[k + 1, lo : lo + size]
-                w2 = Ml[k + 2, lo : lo + size]
-                w3 = Ml[k + 3, lo : lo + size]
-                for j in range(size):
-                    zq[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+            for j in range(G):
+                zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
     for k in range(K - K % 4, K):
+        w0 = Ml[k]
         for r in range(B):
+            zr = z[r]
             x0 = xh[r, k]
-            for q in range(segments):
-                lo = q * H + j0
-                zq = z[r, lo : lo + size]
-                w0 = Ml[k, lo : lo + size]
-                for j in range(size):
-                    zq[j] += x0 * w0[j]
+            for j in range(G):
+                zr[j] += x0 * w0[j]
     for r in range(B):
-        zi = z[r, j0:j1]
-        zf = z[r, H + j0 : H + j1]
-        zg = z[r, 2 * H + j0 : 2 * H + j1]
-        zo = z[r, 3 * H + j0 : 3 * H + j1]
-        hr = h[layer, r, j0:j1]
-        cr = c[layer, r, j0:j1]
+        zi = z[r, :H]
+        zf = z[r, H : 2 * H]
+        zg = z[r, 2 * H : 3 * H]
+        zo = z[r, 3 * H :]
+        hr = h[layer, r]
+        cr = c[layer, r]
         # Contiguous loops with one activation each, so LLVM can vectorise them.
-        for j in range(n):
+        for j in range(H):
             zi[j] = sigmoid(zi[j])
-        for j in range(n):
+        for j in range(H):
             zf[j] = sigmoid(zf[j])
-        for j in range(n):
+        for j in range(H):
             zg[j] = tanh(zg[j])
-        for j in range(n):
+        for j in range(H):
             zo[j] = sigmoid(zo[j])
-        for j in range(n):
+        for j in range(H):
             cell = zf[j] * cr[j] + zi[j] * zg[j]
             cr[j] = cell
             hr[j] = zo[j] * tanh(cell)
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _lstm_units_parallel(h, c, z, xh, tokens, table, M, bias, layer, blocks):
-    """_lstm_units over all H units, cut into `blocks` contiguous blocks run by threads."""
-    H = h.shape[2]
-    for k in prange(blocks):
-        _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, k * H // blocks, (k + 1) * H // blocks)
-
-
 @njit(cache=True, error_model="numpy")
-def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks):
+def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
     """Read one character per stream through every layer and the head; allocates nothing.
 
     logits (B, V) out: the scores of the next character
@@ -451,7 +431,6 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, block
     z (B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
     table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
       [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
-    blocks: parallel blocks of units per layer (1: this thread only)
     """
     L, B, H = h.shape
     V = logits.shape[1]
@@ -463,10 +442,7 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, block
                     xh[r, k] = h[layer - 1, r, k]
             for k in range(H):
                 xh[r, below + k] = h[layer, r, k]
-        if blocks > 1:
-            _lstm_units_parallel(h, c, z, xh, tokens, table, M, bias, layer, blocks)
-        else:
-            _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, 0, H)
+        _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer)
     for r in range(B):
         out = logits[r]
         top = h[L - 1, r]
@@ -570,7 +546,7 @@ def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p
 @njit(cache=True, error_model="numpy")
 def generate_steps(
     out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
-    head_b, blocks, temperature, top_k, top_p,
+    head_b, temperature, top_k, top_p,
 ):  # fmt: skip
     """Read inputs (S,) in every stream (the seed), then write out (N, B): N characters per
     stream, each drawn from `logits` (B, V) and read in turn. On return h, c and logits are as
@@ -580,10 +556,10 @@ def generate_steps(
     for t in range(inputs.size):
         for r in range(tokens.size):
             tokens[r] = inputs[t]
-        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, blocks)
+        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b)
     for t in range(out.shape[0]):
         sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
-        lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b, blocks)
+        lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b)
 
 
 # --------------------------------------------------------------------------------------------

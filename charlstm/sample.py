@@ -8,7 +8,6 @@ call per 64 characters (kernels.generate_steps), with temperature, top-k and top
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads
 
 from . import kernels
 from .checkpoint import default_model_path, load_checkpoint
@@ -27,8 +25,6 @@ from .model import ModelConfig, Params
 TextFn = Callable[[int, str], None]  # (sample index, the next piece of its text)
 
 CHUNK = 64  # characters per kernel call: how often text is streamed and --stop checked
-MIN_PARALLEL_HIDDEN = 256  # narrower layers: handing work to threads costs more than it saves
-MIN_PARALLEL_LENGTH = 1000  # shorter texts: not worth measuring whether threads help
 
 
 class UnknownCharactersError(ConfigError):
@@ -168,56 +164,6 @@ def _stacked(flat: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarra
     return np.concatenate([top, bottom])
 
 
-class _Threads:
-    """Chooses, chunk by chunk, whether each layer's units go to one thread or to all of numba's
-    threads. Threads wait for each other at every layer, so they win on an idle machine and lose
-    badly on a busy one: use whichever was faster so far, and re-measure the other on a short
-    chunk now and then (less often each time the choice stands). The text is the same either
-    way."""
-
-    PROBE = 8  # characters in a measuring chunk
-    FIRST_RETRY = 8  # chunks before the slower choice is measured again; doubles up to
-    LAST_RETRY = 256
-
-    def __init__(self, hidden: int, length: int):
-        self.choices = [1]
-        if hidden >= MIN_PARALLEL_HIDDEN and length >= MIN_PARALLEL_LENGTH:
-            threads = get_num_threads()  # starts numba's threads: only asked when they may help
-            if threads > 1:
-                self.choices.append(threads)
-        self.seconds_per_char: dict[int, float] = {}
-        self.started: set[int] = set()
-        self.best = 1
-        self.retry = self.FIRST_RETRY
-        self.countdown = self.retry
-
-    def next(self) -> tuple[int, int]:
-        """(blocks, characters) for the next chunk."""
-        untried = [b for b in self.choices if b not in self.seconds_per_char]
-        if untried:
-            return untried[0], CHUNK if untried[0] == 1 else self.PROBE
-        self.countdown -= 1
-        if self.countdown == 0:
-            return next(b for b in self.choices if b != self.best), self.PROBE
-        return self.best, CHUNK
-
-    def record(self, blocks: int, chars: int, seconds: float) -> None:
-        if chars == 0:
-            return
-        if blocks not in self.started:  # the first threaded call also starts the threads
-            self.started.add(blocks)
-            if blocks > 1:
-                return
-        self.seconds_per_char[blocks] = seconds / chars
-        if len(self.seconds_per_char) < len(self.choices):
-            return
-        best = min(self.choices, key=self.seconds_per_char.__getitem__)
-        if self.countdown <= 0 or best != self.best:
-            self.retry = self.FIRST_RETRY if best != self.best else min(2 * self.retry, self.LAST_RETRY)
-            self.countdown = self.retry
-        self.best = best
-
-
 class _State:
     """The state of B streams and the kernels' work buffers, reused by every call."""
 
@@ -239,22 +185,20 @@ class _State:
 
     def read(self, layout: StepLayout, ids: np.ndarray) -> None:
         """Feed ids (S,) to every stream."""
-        self._run(layout, ids, 0, 1.0, 1, 1.0, 1)
+        self._run(layout, ids, 0, 1.0, 1, 1.0)
 
-    def draw(
-        self, layout: StepLayout, n: int, streams: list, temperature: float, k: int, p: float, blocks: int
-    ) -> np.ndarray:
+    def draw(self, layout: StepLayout, n: int, streams: list, temperature: float, k: int, p: float):
         """(n, B) next characters; stream b's uniforms come from streams[b] alone."""
         for b, rng in enumerate(streams):
             rng.random(n, out=self.drawn[b, :n])
         self.uniforms[:n] = self.drawn[:, :n].T
-        return self._run(layout, self.no_input, n, temperature, k, p, blocks)
+        return self._run(layout, self.no_input, n, temperature, k, p)
 
-    def _run(self, layout, ids, n, temperature, k, p, blocks) -> np.ndarray:
+    def _run(self, layout, ids, n, temperature, k, p) -> np.ndarray:
         s = self
         kernels.generate_steps(
             s.out[:n], s.logits, s.h, s.c, s.z, s.xh, s.probs, s.order, s.tokens, ids, s.uniforms[:n],
-            *layout.weights(), blocks, temperature, k, p,
+            *layout.weights(), temperature, k, p,
         )  # fmt: skip
         return s.out[:n]
 
@@ -326,14 +270,10 @@ def _generate(
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(random_seed).spawn(num_samples)]
     state = _State(layout, num_samples)
     state.read(layout, ids)
-    threads = _Threads(layout.config.hidden, length)
     done = 0
     while done < length and not texts.finished:
-        blocks, n = threads.next()
-        n = min(n, length - done)
-        start = time.perf_counter()
-        out = state.draw(layout, n, streams, float(temperature), k, p, blocks)  # (n, B)
-        threads.record(blocks, n, time.perf_counter() - start)
+        n = min(CHUNK, length - done)
+        out = state.draw(layout, n, streams, float(temperature), k, p)  # (n, B)
         for b in range(num_samples):
             texts.add(b, vocab.decode(out[:, b]))
         done += n

@@ -391,7 +391,7 @@ def test_hostile_config_values(real, tmp_path, changes):
         '{"layers": 2, "hidden": Infinity}',
         '{"layers": 2, "dropout": NaN, "hidden": 8, "embed": 4, "vocab_size": 18}',
         '{"hidden": 1' + "0" * 5000 + "}",  # past Python's int-digits limit
-        "{\"hidden\": \"\ud800\"}",  # a lone surrogate in a str
+        '{"hidden": "\ud800"}',  # a lone surrogate in a str
     ],
 )
 def test_config_that_is_not_a_config(real, tmp_path, text):

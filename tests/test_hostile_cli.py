@@ -25,7 +25,7 @@ from charlstm.checkpoint import load_checkpoint
 from charlstm.cli import app
 
 ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
-TEXT = "It was the best of times, it was the worst of times; naïve café, 東京 🌸 \"q\".\n" * 40
+TEXT = 'It was the best of times, it was the worst of times; naïve café, 東京 🌸 "q".\n' * 40
 TINY = ["--layers", "1", "--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch-size", "4"]
 HUGE = 10**30  # past int64: numpy and numba overflow here
 ABSURD = 10**12  # fits int64, but no machine allocates that many of anything
@@ -38,7 +38,7 @@ CLI = settings(
 )
 
 
-class Hang(Exception):
+class HangError(Exception):
     pass
 
 
@@ -47,7 +47,7 @@ def no_hang(seconds: float) -> Iterator[None]:
     """Interrupt a run that goes on too long (hypothesis deadlines only report afterwards)."""
 
     def expire(signum, frame):
-        raise Hang(f"still running after {seconds} s")
+        raise HangError(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -73,7 +73,7 @@ def memory_cap(extra: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def run(*args: object, seconds: float = 30):
+def run(*args: object, seconds: float = 60):
     with no_hang(seconds), memory_cap(MEMORY_CAP):
         return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
 
@@ -112,8 +112,12 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     corpus = folder / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     out = folder / "models" / "tiny.npz"
-    result = run("train", corpus, *TINY, "--steps", 4, "--eval-every", 2, "--out", out, seconds=120)
+    # the first run of each command may compile its kernels (minutes on a cold numba cache)
+    result = run("train", corpus, *TINY, "--steps", 4, "--eval-every", 2, "--out", out, seconds=600)
     assert result.exit_code == 0, result.stderr
+    for warm in (["sample", "--model", out, "--length", 5], ["inspect-gates", "--model", out, "--text", "ab"]):
+        assert run(*warm, seconds=600).exit_code == 0
+    assert run("eval", out, corpus, seconds=600).exit_code == 0
     return {"folder": folder, "corpus": corpus, "model": out, "last": out.with_name("tiny.last.npz")}
 
 
@@ -145,7 +149,9 @@ BUDGETS = ("--steps", "--epochs", "--minutes")
 
 def sweep(pools: dict[str, list]) -> list:
     """Every value of every pool on its own: each edge is tried, not left to chance."""
-    return [pytest.param(name, value, id=f"{name}={value!r}") for name, pool in pools.items() for value in pool]
+    return [
+        pytest.param(name, value, id=f"{name}={value!r}") for name, pool in pools.items() for value in pool
+    ]
 
 
 @pytest.mark.slow

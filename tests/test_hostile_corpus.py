@@ -42,7 +42,7 @@ HOSTILE = settings(
 )
 
 
-class Hang(Exception):
+class HangError(Exception):
     """Raised by `no_hang` when the guarded block runs past its limit."""
 
 
@@ -51,7 +51,7 @@ def no_hang(seconds: float) -> Iterator[None]:
     """Fail instead of hanging: hypothesis deadlines only report after a call returns."""
 
     def expire(signum, frame):
-        raise Hang(f"still running after {seconds} s")
+        raise HangError(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -94,9 +94,7 @@ ANY_CHAR = st.characters(codec=None, exclude_categories=())
 ENCODABLE_CHAR = st.characters(exclude_categories=("Cs",))
 
 utf8_pieces = st.text(ENCODABLE_CHAR, max_size=12).map(lambda s: s.encode("utf-8"))
-surrogate_pieces = st.text(ANY_CHAR, min_size=1, max_size=4).map(
-    lambda s: s.encode("utf-8", "surrogatepass")
-)
+surrogate_pieces = st.text(ANY_CHAR, min_size=1, max_size=4).map(lambda s: s.encode("utf-8", "surrogatepass"))
 file_bytes = st.one_of(
     st.binary(max_size=64),
     st.lists(
@@ -405,5 +403,5 @@ def test_surrogate_in_text_is_unknown_not_a_crash():
 
 def test_hypothesis_guard_is_armed():
     # the hang guard itself: a blocking call is interrupted, not waited for
-    with pytest.raises(Hang), no_hang(0.2):
+    with pytest.raises(HangError), no_hang(0.2):
         time.sleep(5)

@@ -60,8 +60,7 @@ def softmax(logits, temperature=1.0):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("blocks", [1, 2])
-def test_step_kernel_logits_equal_forward(name, dtype, blocks):
+def test_step_kernel_logits_equal_forward(name, dtype):
     config = CONFIGS[name]
     params = make_params(config, seed=1, dtype=dtype)
     T, B = 9, 3
@@ -77,7 +76,7 @@ def test_step_kernel_logits_equal_forward(name, dtype, blocks):
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for t in range(T):
         tokens = inputs[t].astype(np.int64)
-        kernels.lstm_step(logits, h, c, z, xh, tokens, *layout.weights(), blocks)
+        kernels.lstm_step(logits, h, c, z, xh, tokens, *layout.weights())
         np.testing.assert_allclose(logits, expected[t], **tol)
     np.testing.assert_allclose(h, h_ref, **tol)
     np.testing.assert_allclose(c, c_ref, **tol)

@@ -48,7 +48,7 @@ def sample_command(
     num_samples: Annotated[int, typer.Option(help="Samples to write, generated together.")] = 1,
     model: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint to use [default: newest in ./models/, else the shipped one]."),
+        typer.Option(help="Checkpoint to use. Default: the newest in ./models/, else the shipped one."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object: model, options, samples.")
