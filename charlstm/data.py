@@ -127,6 +127,10 @@ class Vocab:
         codes = np.array([ord(c) for c in chars], dtype=np.int64)
         if np.any(np.diff(codes) <= 0):
             raise CorpusError("invalid vocabulary: repeated or unsorted characters")
+        if np.any((codes >= 0xD800) & (codes <= 0xDFFF)):
+            # UTF-8 text never holds a lone surrogate and no output stream can encode one:
+            # only a tampered checkpoint has them, and sampling would crash printing them
+            raise CorpusError("invalid vocabulary: it contains a lone surrogate (not a character)")
         self.chars: list[str] = chars
         self._array = np.array(chars, dtype="<U1")  # (V,)
         self._known = frozenset(chars)

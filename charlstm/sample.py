@@ -59,6 +59,9 @@ def _is_number(value: object) -> bool:
     return (_is_int(value) or isinstance(value, float | np.floating)) and math.isfinite(value)
 
 
+MAX_SAMPLES = 100_000  # samples run as one batch: their states and texts are held together
+
+
 def check_options(
     *,
     length: int,
@@ -78,8 +81,8 @@ def check_options(
         raise ConfigError(f"top-k must be a whole number >= 1, got {top_k!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise ConfigError(f"top-p must be a number in (0, 1], got {top_p!r}")
-    if not _is_int(num_samples) or num_samples < 1:
-        raise ConfigError(f"num-samples must be a whole number >= 1, got {num_samples!r}")
+    if not _is_int(num_samples) or not 1 <= num_samples <= MAX_SAMPLES:
+        raise ConfigError(f"num-samples must be a whole number in [1, {MAX_SAMPLES}], got {num_samples!r}")
     if stop is not None and (not isinstance(stop, str) or stop == ""):
         raise ConfigError(f"stop must be a non-empty string, got {stop!r}")
     if random_seed is not None and (not _is_int(random_seed) or random_seed < 0):
