@@ -108,17 +108,18 @@ def _offset_in(flat: np.ndarray, view: np.ndarray) -> int:
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype: type = np.float32) -> Params:
     """PyTorch's default initialisation (uniform ±1/sqrt(H) for the LSTM and the head, N(0, 1)
     for the embedding), with the forget-gate bias set to 1 so memory is kept from the start."""
-    params = Params.zeros(config, np.float64)
+    params = Params.zeros(config, dtype)
     H = config.hidden
     bound = 1.0 / math.sqrt(H)
     for name, view in params.views.items():
+        # Drawn in float64 one tensor at a time, so float32 and float64 models start alike.
         if name == "embed":
             view[...] = rng.standard_normal(view.shape)
         else:
             view[...] = rng.uniform(-bound, bound, view.shape)
         if name.endswith(".b") and name.startswith("lstm."):
             view[H : 2 * H] = 1.0
-    return params.astype(dtype)
+    return params
 
 
 def zero_state(config: ModelConfig, batch: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:

@@ -417,17 +417,23 @@ class _Run:
         _check_size(config, T, B)
         seeds = np.random.SeedSequence(options.random_seed).spawn(2)
         self.dropout_rng = np.random.default_rng(seeds[1])
-        if ckpt is None:
-            self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
-            self.m = np.zeros_like(self.params.flat)  # Adam moments (P,)
-            self.v = np.zeros_like(self.params.flat)
-            self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
-        else:
-            self._restore(ckpt, config)
-        self.grads = Params.zeros(config, np.float32)
+        try:
+            if ckpt is None:
+                self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
+                self.m = np.zeros_like(self.params.flat)  # Adam moments (P,)
+                self.v = np.zeros_like(self.params.flat)
+                self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
+            else:
+                self._restore(ckpt, config)
+            self.grads = Params.zeros(config, np.float32)
+            self.decay_mask = self.params.decay_mask()
+            self.ws = Workspace(config, T, B)
+        except MemoryError:
+            raise ConfigError(
+                f"not enough memory for a {config.layers}x{config.hidden} model with batch {B} x window {T} "
+                "(lower --hidden, --layers, --batch-size or --seq-len)"
+            ) from None
         self.loss_limit = DIVERGED_FACTOR * max(math.log(self.vocab.size), 2.0)
-        self.decay_mask = self.params.decay_mask()
-        self.ws = Workspace(config, T, B)
 
         o = options
         if o.steps is not None:

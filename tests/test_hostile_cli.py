@@ -103,6 +103,11 @@ def pick(pool: list) -> st.SearchStrategy:
     return st.sampled_from(pool)
 
 
+def either(pools: dict[str, list], valid: dict[str, list], name: str) -> st.SearchStrategy:
+    """Half the time a sane value, so that combinations also reach a correct run."""
+    return pick(valid[name]) | pick(pools[name]) if name in valid else pick(pools[name])
+
+
 # ------------------------------------------------------------------------------ fixtures
 
 
@@ -129,7 +134,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
 TRAIN_POOLS = {
     "--layers": [-1, 0, 1, 2, ABSURD, HUGE],
-    "--hidden": [-1, 0, 1, 3, ABSURD, HUGE],
+    "--hidden": [-1, 0, 1, 3, 16384, ABSURD, HUGE],  # 16384: allowed, but past MEMORY_CAP
     "--embed": [-1, 0, 1, 5, ABSURD, HUGE],
     "--dropout": FLOATS + [0.999999],
     "--seq-len": SIGNED_INTS + [ABSURD],
@@ -149,6 +154,22 @@ TRAIN_POOLS = {
     "--minutes": [math.nan, math.inf, -1.0, 0.0, 5e-324, 0.002],
 }
 BUDGETS = ("--steps", "--epochs", "--minutes")
+TRAIN_VALID = {
+    "--layers": [1, 2],
+    "--hidden": [4, 8],
+    "--embed": [0, 4],
+    "--dropout": [0.0, 0.3],
+    "--seq-len": [4, 16],
+    "--batch-size": [2, 8],
+    "--lr": [3e-3],
+    "--min-lr": [0.0, 1e-4],
+    "--warmup": [0, 5],
+    "--weight-decay": [0.0, 0.1],
+    "--clip": [0.0, 1.0],
+    "--eval-every": [1, 2],
+    "--val-frac": [0.0, 0.2],
+    "--random-seed": [0, 9],
+}
 
 
 def sweep(pools: dict[str, list]) -> list:
@@ -179,8 +200,8 @@ def check_train(workspace, folder: Path, options: dict[str, object]) -> None:
 
 @st.composite
 def train_options(draw) -> dict[str, object]:
-    names = draw(st.lists(st.sampled_from(sorted(TRAIN_POOLS)), min_size=1, max_size=4, unique=True))
-    options = {name: draw(pick(TRAIN_POOLS[name]), label=name) for name in names}
+    names = draw(st.lists(st.sampled_from(sorted(TRAIN_POOLS)), min_size=1, max_size=3, unique=True))
+    options = {name: draw(either(TRAIN_POOLS, TRAIN_VALID, name), label=name) for name in names}
     if not any(name in options for name in BUDGETS):
         options["--steps"] = 2
     return options
@@ -228,15 +249,27 @@ SAMPLE_POOLS = {
     "--num-samples": [-HUGE, -1, 0, 1, 3, ABSURD, HUGE],
 }
 
+SAMPLE_VALID = {
+    "--length": [5, 40],
+    "--temperature": [0.0, 0.8],
+    "--top-k": [1, 5],
+    "--top-p": [0.9, 1.0],
+    "--random-seed": [0, 7],
+    "--num-samples": [1, 2],
+}
+
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+known_text = st.sampled_from(["It was", "", "\n", "times", "東京"])
 
 
 @pytest.mark.slow
 @CLI
 @given(
-    options=st.fixed_dictionaries({}, optional={name: pick(pool) for name, pool in SAMPLE_POOLS.items()}),
-    seed=st.none() | st.sampled_from(["It was", "", "\n", "[bold]x", "東京"]) | any_text,
-    stop=st.none() | any_text,
+    options=st.fixed_dictionaries(
+        {}, optional={name: either(SAMPLE_POOLS, SAMPLE_VALID, name) for name in SAMPLE_POOLS}
+    ),
+    seed=st.none() | known_text | any_text,
+    stop=st.none() | known_text | any_text,
     as_json=st.booleans(),
     skip_unknown=st.booleans(),
 )
@@ -284,12 +317,25 @@ GATES_POOLS = {
     "--temperature": FLOATS,
     "--random-seed": SIGNED_INTS,
 }
+GATES_VALID = {
+    "--top": [1, 4],
+    "--layer": [1],
+    "--max-chars": [10, 2000],
+    "--show": [5, 400],
+    "--left": [0.1],
+    "--right": [0.9],
+    "--width": [40, 120],
+    "--temperature": [0.8],
+    "--random-seed": [3],
+}
 
 
 @pytest.mark.slow
 @CLI
 @given(
-    options=st.fixed_dictionaries({}, optional={name: pick(pool) for name, pool in GATES_POOLS.items()}),
+    options=st.fixed_dictionaries(
+        {}, optional={name: either(GATES_POOLS, GATES_VALID, name) for name in GATES_POOLS}
+    ),
     view=st.sampled_from(["overview", "gates", "heatmap", "predict"]),
     text=st.sampled_from(["It was the best", "x", "[bold]:smile:\t\n", "\x1b[31mred"]) | any_text,
     ascii_only=st.booleans(),
