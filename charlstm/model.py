@@ -134,7 +134,7 @@ class Workspace:
     `forward` (inference: evaluation, gate inspection) fills row-major buffers and leaves every
     layer's gates, cell memory and hidden state in `gates` (L, T, B, 4H), `c_seq` and `h_seq`
     (L, T, B, H). `loss_and_grad` (training) works in the feature-major layout of
-    kernels.lstm_train_forward in buffers of its own. Each set is allocated on first use.
+    kernels.lstm_train_forward in buffers of its own, allocated on first use.
     Dropout masks are drawn in one order, (L, H, T, B), by both passes, so the same generator
     gives both the same masks; `masks` shows them as (L, T, B, H).
     """
@@ -149,6 +149,7 @@ class Workspace:
         self.logits: np.ndarray | None = None  # (T*B, V) of the last pass, row t*B + b
         self._rows_ready = False
         self._train: _TrainBuffers | None = None
+        self._rows()
 
     def fits(self, steps: int, batch: int, dtype: np.dtype) -> bool:
         return self.steps == steps and self.batch == batch and self.dtype == dtype
