@@ -87,11 +87,7 @@ def test_vocab_array_round_trip(tmp_path):
 
 
 @settings(max_examples=50, deadline=None, database=None)
-@given(
-    st.text(
-        st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=1
-    )
-)
+@given(st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=1))
 def test_vocab_round_trip_any_text(text):
     vocab = Vocab.from_array(Vocab.from_text(text).to_array())
     assert vocab.decode(vocab.encode(text)) == text
@@ -184,9 +180,7 @@ def test_token_dtype_boundaries():
     assert token_dtype(65537) == np.uint32
 
 
-@pytest.mark.parametrize(
-    ("n_chars", "dtype"), [(100, np.uint8), (300, np.uint16), (65537, np.uint32)]
-)
+@pytest.mark.parametrize(("n_chars", "dtype"), [(100, np.uint8), (300, np.uint16), (65537, np.uint32)])
 def test_token_file_dtype(tmp_path, n_chars, dtype):
     codes = [c for c in range(1, 0x20000) if not 0xD800 <= c < 0xE000][:n_chars]
     text = "".join(map(chr, codes))
@@ -468,9 +462,7 @@ def test_fit_batch_shape_always_gives_a_window():
             if (n - 1) // batch >= seq_len + 1:
                 assert (b, t) == (batch, seq_len)
             else:
-                assert (
-                    b == batch or (n - 1) // (b + 1) < t + 1
-                )  # b is the most t allows
+                assert b == batch or (n - 1) // (b + 1) < t + 1  # b is the most t allows
 
 
 def test_val_batches_cover_the_array():
