@@ -82,6 +82,7 @@ def save_checkpoint(
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **arrays)
             out.flush()
+            os.fchmod(out.fileno(), _new_file_mode())  # mkstemp's 0600 -> what open() would give
             os.fsync(out.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:  # includes KeyboardInterrupt: never leave the temp file behind
@@ -92,6 +93,12 @@ def save_checkpoint(
         raise
     _fsync_folder(folder)
     return path
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_folder(folder: Path) -> None:
