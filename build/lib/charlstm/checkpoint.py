@@ -34,6 +34,7 @@ MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_PARAMS = 2_000_000_000
 MAX_HEADER_BYTES = 1 << 16
 MAX_TEXT_BYTES = 1 << 20  # format and config strings
+MAX_MEMBERS = 1024  # a 64-layer model with its training state has ~210 arrays
 
 
 @dataclass
@@ -81,6 +82,7 @@ def save_checkpoint(
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **arrays)
             out.flush()
+            os.fchmod(out.fileno(), _new_file_mode())  # mkstemp's 0600 -> what open() would give
             os.fsync(out.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:  # includes KeyboardInterrupt: never leave the temp file behind
@@ -91,6 +93,12 @@ def save_checkpoint(
         raise
     _fsync_folder(folder)
     return path
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -137,10 +145,26 @@ class _Members:
     def __init__(self, path: Path, archive: zipfile.ZipFile):
         self.path, self.archive = path, archive
         self.infos: dict[str, zipfile.ZipInfo] = {}
+        if len(archive.infolist()) > MAX_MEMBERS:
+            raise CheckpointError(
+                f"{path}: {len(archive.infolist()):,} arrays is more than a checkpoint holds"
+            )
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 raise CheckpointError(f"{path}: unexpected member {info.filename!r}")
+            # Sizes in the zip directory are claims; only stored (uncompressed) members make them
+            # checkable against the file's real size. A deflated member can inflate a few KB into
+            # gigabytes (a zip bomb), so compressed archives are refused (np.savez never compresses).
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(
+                    f"{path}: array {info.filename!r} is compressed "
+                    "(charlstm checkpoints are stored uncompressed)"
+                )
+            if info.compress_size != info.file_size:
+                raise CheckpointError(f"{path}: array {info.filename!r} has inconsistent sizes")
             self.infos[info.filename[: -len(".npy")]] = info
+        if sum(info.file_size for info in self.infos.values()) > path.stat().st_size:
+            raise CheckpointError(f"{path}: the archive claims more data than the file holds")
 
     def names(self) -> list[str]:
         return list(self.infos)
@@ -161,6 +185,8 @@ class _Members:
                 )
             else:
                 raise CheckpointError(f"{self.path}: array {key!r} has an unknown .npy version {version}")
+            if any(n < 0 for n in shape):  # numpy's header reader lets them through; read(-1) reads all
+                raise CheckpointError(f"{self.path}: array {key!r} has a negative size {shape}")
             if dtype.hasobject:
                 raise CheckpointError(
                     f"{self.path}: array {key!r} holds Python objects (refused: no unpickling)"

@@ -127,6 +127,10 @@ class Vocab:
         codes = np.array([ord(c) for c in chars], dtype=np.int64)
         if np.any(np.diff(codes) <= 0):
             raise CorpusError("invalid vocabulary: repeated or unsorted characters")
+        if np.any((codes >= 0xD800) & (codes <= 0xDFFF)):
+            # UTF-8 text never holds a lone surrogate and no output stream can encode one:
+            # only a tampered checkpoint has them, and sampling would crash printing them
+            raise CorpusError("invalid vocabulary: it contains a lone surrogate (not a character)")
         self.chars: list[str] = chars
         self._array = np.array(chars, dtype="<U1")  # (V,)
         self._known = frozenset(chars)
@@ -335,7 +339,11 @@ _Cached = tuple[Vocab, np.ndarray]
 
 def _load_cached(tokens_file: Path, vocab_file: Path) -> _Cached | None:
     """The cached (vocab, tokens), or None if absent or unusable (then rebuilt)."""
-    if not (tokens_file.is_file() and vocab_file.is_file()):
+    try:
+        present = tokens_file.is_file() and vocab_file.is_file()
+    except OSError:  # is_file() raises e.g. for a name too long; writing the cache then says so
+        return None
+    if not present:
         return None
     try:
         vocab = Vocab.from_array(np.load(vocab_file, allow_pickle=False))

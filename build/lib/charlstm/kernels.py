@@ -124,60 +124,109 @@ def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
         c_prev = ct
 
 
+# Training runs the layer in the feature-major layout: a step's gates are a (4H, B) block and
+# the recurrent product is Wh.T (4H, H) · h (H, B). BLAS runs that shape about 30% faster than
+# (B, H) · (H, 4H) (its packing cost falls on the small operand), and every weight gradient
+# becomes one large product over the (feature, T*B) sequences. Inference keeps lstm_forward.
+
+
 @njit(cache=True, error_model="numpy")
-def lstm_backward(dz, dWh, db, dh_seq, gates, c_seq, h_seq, Wh, h0, c0):
+def lstm_train_forward(h_seq, c_seq, h_prev_seq, gates, WhT, b, h0, c0):
+    """lstm_forward in the feature-major layout, keeping what lstm_train_backward needs.
+
+    gates      (4H, T, B) on entry: the input projection Wx.T·x_t; on exit: activated i, f, g, o
+    h_seq      (H, T, B)  out: hidden state after each step
+    c_seq      (H, T, B)  out: cell memory after each step
+    h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
+    WhT (4H, H) contiguous, b (4H,); h0 and c0 (H, B): the state carried in (left unchanged).
+    """
+    G, T, B = gates.shape
+    H = G // 4
+    z = np.empty((G, B), dtype=gates.dtype)  # Wh.T · h_{t-1}
+    h = h0.copy()  # (H, B) contiguous: the BLAS operand of the next step
+    c = c0.copy()
+    for t in range(T):
+        h_prev_seq[:, t, :] = h
+        np.dot(WhT, h, z)
+        # Loops over the batch, innermost and contiguous, with one activation each (vectorised).
+        for k in range(G):
+            zk = z[k]
+            gk = gates[k, t]
+            bk = b[k]
+            if 2 * H <= k < 3 * H:  # g
+                for r in range(B):
+                    gk[r] = tanh(gk[r] + zk[r] + bk)
+            else:  # i, f, o
+                for r in range(B):
+                    gk[r] = sigmoid(gk[r] + zk[r] + bk)
+        for j in range(H):
+            i = gates[j, t]
+            f = gates[H + j, t]
+            g = gates[2 * H + j, t]
+            o = gates[3 * H + j, t]
+            hj = h[j]
+            cj = c[j]
+            hs = h_seq[j, t]
+            cs = c_seq[j, t]
+            for r in range(B):
+                cv = f[r] * cj[r] + i[r] * g[r]
+                cj[r] = cv
+                cs[r] = cv
+                hv = o[r] * tanh(cv)
+                hj[r] = hv
+                hs[r] = hv
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_train_backward(dz, db, dh_seq, gates, c_seq, Wh, c0):
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0).
 
-    dz   (T, B, 4H) out: gradient of the loss w.r.t. the gate pre-activations
-    dWh  (H, 4H), db (4H,): accumulated into
-    dh_seq (T, B, H): gradient w.r.t. each h_t from above (the next layer or the head)
-    gates, c_seq, h_seq: as left by lstm_forward; h0, c0 (B, H) the carried-in state.
-    The input-side gradients (dWx, dx) follow from dz with one product each, done by the caller.
+    dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations
+    db     (4H,): accumulated into
+    dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
+    gates, c_seq: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
+    The weight and input gradients follow from dz with one large product each (the caller).
     """
-    T, B, G = dz.shape
+    G, T, B = dz.shape
     H = G // 4
-    dh_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dh_t through h_t·Wh at t+1
-    dc_next = np.zeros((B, H), dtype=dz.dtype)  # dLoss/dc_t through c_{t+1} = f*c_t + ...
+    dz_t = np.empty((G, B), dtype=dz.dtype)  # contiguous copy of dz[:, t]: the BLAS operand
+    dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
+    dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
-    WhT = np.ascontiguousarray(Wh.T)  # (4H, H): BLAS is much slower on a transposed operand here
     for t in range(T - 1, -1, -1):
-        c_prev = c_seq[t - 1] if t > 0 else c0
-        for r in range(B):
-            gr = gates[t, r]
-            dzr = dz[t, r]
-            cr = c_seq[t, r]
-            cp = c_prev[r]
-            dhr = dh_seq[t, r]
-            dhn = dh_next[r]
-            dcn = dc_next[r]
-            # Two passes touching few arrays each: LLVM vectorises a loop only when it can
-            # check cheaply that its arrays do not overlap.
-            for j in range(H):
-                o = gr[3 * H + j]
-                tc = tanh(cr[j])  # the same function as forward, so gradients match it
-                dh = dhr[j] + dhn[j]
-                dzr[3 * H + j] = dh * tc * o * (one - o)
-                dcn[j] += dh * o * (one - tc * tc)  # now dLoss/dc_t
-            for j in range(H):
-                i = gr[j]
-                f = gr[H + j]
-                g = gr[2 * H + j]
-                dc = dcn[j]
-                dzr[j] = dc * g * i * (one - i)
-                dzr[H + j] = dc * cp[j] * f * (one - f)
-                dzr[2 * H + j] = dc * i * (one - g * g)
-                dcn[j] = dc * f  # dLoss/dc_{t-1} through this step
+        for j in range(H):
+            i = gates[j, t]
+            f = gates[H + j, t]
+            g = gates[2 * H + j, t]
+            o = gates[3 * H + j, t]
+            cs = c_seq[j, t]
+            cp = c_seq[j, t - 1] if t > 0 else c0[j]
+            dhs = dh_seq[j, t]
+            dhn = dh_next[j]
+            dcj = dc[j]
+            di = dz_t[j]
+            df = dz_t[H + j]
+            dg = dz_t[2 * H + j]
+            do = dz_t[3 * H + j]
+            for r in range(B):
+                tc = tanh(cs[r])  # the same function as forward, so gradients match it
+                dh = dhs[r] + dhn[r]
+                dcv = dcj[r] + dh * o[r] * (one - tc * tc)
+                do[r] = dh * tc * o[r] * (one - o[r])
+                di[r] = dcv * g[r] * i[r] * (one - i[r])
+                df[r] = dcv * cp[r] * f[r] * (one - f[r])
+                dg[r] = dcv * i[r] * (one - g[r] * g[r])
+                dcj[r] = dcv * f[r]  # dLoss/dc_{t-1} through this step
+        dz[:, t, :] = dz_t
         if t > 0:
-            np.dot(dz[t], WhT, dh_next)
-    # Weight gradients as two large products instead of T small ones.
-    dWh += np.dot(h0.T, dz[0])
-    if T > 1:
-        h_prev = h_seq[: T - 1].reshape(((T - 1) * B, H))
-        dWh += np.dot(h_prev.T, dz[1:].reshape(((T - 1) * B, G)))
-    for t in range(T):
-        for r in range(B):
-            for k in range(G):
-                db[k] += dz[t, r, k]
+            np.dot(Wh, dz_t, dh_next)
+    for k in range(G):
+        acc = 0.0
+        for t in range(T):
+            dk = dz[k, t]
+            for r in range(B):
+                acc += dk[r]
+        db[k] += acc
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,21 +247,35 @@ def matmul_add(out, a, b):
 
 
 @njit(cache=True, error_model="numpy")
-def add_column_sums(out, a):
-    """out (N,) += a (M, N) summed over rows (bias gradients)."""
-    M, N = a.shape
-    for m in range(M):
-        for n in range(N):
-            out[n] += a[m, n]
-
-
-@njit(cache=True, error_model="numpy")
 def add_row_vector(a, v):
     """a (M, N) += v (N,) on every row (adding a bias)."""
     M, N = a.shape
     for m in range(M):
         for n in range(N):
             a[m, n] += v[n]
+
+
+@njit(cache=True, error_model="numpy")
+def add_row_sums(out, a):
+    """out (M,) += a (M, N) summed along each row (bias gradients, feature-major)."""
+    M, N = a.shape
+    for m in range(M):
+        row = a[m]
+        acc = 0.0
+        for n in range(N):
+            acc += row[n]
+        out[m] += acc
+
+
+@njit(cache=True, error_model="numpy")
+def add_column_vector(a, v):
+    """a (M, N) += v (M,) on every column (adding a bias, feature-major)."""
+    M, N = a.shape
+    for m in range(M):
+        row = a[m]
+        vm = v[m]
+        for n in range(N):
+            row[n] += vm
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,13 +303,36 @@ def scatter_add_rows(dtable, grad_rows, tokens):
 
 
 @njit(cache=True, error_model="numpy")
+def gather_columns(out, table_T, tokens):
+    """out (D, N) = table_T[:, tokens]; table_T (D, V), tokens (N,). gather_rows, transposed."""
+    D, N = out.shape
+    for k in range(D):
+        row = table_T[k]
+        dst = out[k]
+        for n in range(N):
+            dst[n] = row[tokens[n]]
+
+
+@njit(cache=True, error_model="numpy")
+def scatter_add_columns(dtable_T, grad_cols, tokens):
+    """dtable_T[:, tokens[n]] += grad_cols[:, n]: the backward of gather_columns."""
+    D, N = grad_cols.shape
+    for k in range(D):
+        row = dtable_T[k]
+        src = grad_cols[k]
+        for n in range(N):
+            row[tokens[n]] += src[n]
+
+
+@njit(cache=True, error_model="numpy")
 def apply_dropout(out, x, mask):
-    """out = x * mask elementwise (mask holds 0 or 1/(1-p): inverted dropout)."""
-    o = out.reshape(out.size)
-    a = x.reshape(x.size)
-    m = mask.reshape(mask.size)
-    for k in range(o.size):
-        o[k] = a[k] * m[k]
+    """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout). Any layout:
+    the row-major inference pass reads the feature-major masks through a transposed view."""
+    P, Q, R = out.shape
+    for p in range(P):
+        for q in range(Q):
+            for r in range(R):
+                out[p, q, r] = x[p, q, r] * mask[p, q, r]
 
 
 @njit(cache=True, error_model="numpy")
@@ -275,6 +361,38 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(cache=True, error_model="numpy")
+def softmax_cross_entropy_columns(dlogits, logits, targets):
+    """softmax_cross_entropy for logits stored (V, N), one column per character: the same
+    mean loss and gradient (V, N), with the inner loops running along N (vectorised)."""
+    V, N = logits.shape
+    m = logits[0].copy()  # (N,) column maxima
+    for k in range(1, V):
+        row = logits[k]
+        for n in range(N):
+            if row[n] > m[n]:
+                m[n] = row[n]
+    s = np.zeros(N, dtype=np.float64)
+    for k in range(V):
+        row = logits[k]
+        drow = dlogits[k]
+        for n in range(N):
+            e = math.exp(row[n] - m[n])
+            drow[n] = e
+            s[n] += e
+    total = 0.0
+    for n in range(N):
+        total += math.log(s[n]) + m[n] - logits[targets[n], n]
+        s[n] = 1.0 / (s[n] * N)
+    for k in range(V):
+        drow = dlogits[k]
+        for n in range(N):
+            drow[n] *= s[n]
+    for n in range(N):
+        dlogits[targets[n], n] -= 1.0 / N
+    return total / N
+
+
+@njit(cache=True, error_model="numpy")
 def token_log_probs(out, logits, targets):
     """out (N,) = log softmax(logits)[n, targets[n]] in float64: per-character log-likelihood."""
     N, V = logits.shape
@@ -299,7 +417,8 @@ def global_norm(grad):
     """L2 norm of the flat gradient buffer, accumulated in float64."""
     s = 0.0
     for k in range(grad.size):
-        s += float(grad[k]) * float(grad[k])
+        x = np.float64(grad[k])  # square in float64 too, not just the sum
+        s += x * x
     return math.sqrt(s)
 
 
@@ -331,3 +450,278 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
         if decay_mask[k] != 0:
             theta[k] -= shrink * theta[k]
         theta[k] -= step_size * m[k] / (math.sqrt(v[k]) * inv_sqrt_bc2 + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+#
+# At batch 1 a generated character reads every weight once and does little arithmetic with
+# it, so its speed is memory bandwidth: one pass over each layer's weights, all in float32.
+# Layer l reads M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat
+# buffer) as x·Wx + h·Wh = [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which
+# vectorises along the row. Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot),
+# is a row of a (V, 4H) table. Every z[j] sums in the same order whatever the batch or the
+# vector width, and nothing uses fastmath, so a random seed gives the same text on any machine
+# with the same library versions. One thread: splitting a layer between threads needs them to
+# meet at every layer, which costs more than it saves whenever other programs share the cores.
+
+
+@njit(cache=True, error_model="numpy")
+def embed_projection(out, embed, Wx):
+    """out (V, 4H) = embed (V, E) · Wx (E, 4H): the first layer's input term per character,
+    in this section's summation order (and without BLAS, which is slow to load)."""
+    V, E = embed.shape
+    G = out.shape[1]
+    for v in range(V):
+        row = out[v]
+        for j in range(G):
+            row[j] = 0.0
+        for e in range(E):
+            x = embed[v, e]
+            w = Wx[e]
+            for j in range(G):
+                row[j] += x * w[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer):
+    """Advance one layer one step in every stream: h, c (L, B, H) in place.
+
+    z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], the K rows of
+    M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way. Loops
+    run over slices from 0, so that LLVM sees unit strides and vectorises them.
+    """
+    L, B, H = h.shape
+    G = 4 * H
+    Ml = M[layer]
+    K = Ml.shape[0]
+    b = bias[layer]
+    for r in range(B):
+        zr = z[r]
+        for j in range(G):
+            zr[j] = b[j]
+        if layer == 0:
+            x = table[tokens[r]]
+            for j in range(G):
+                zr[j] += x[j]
+    for k in range(0, K - K % 4, 4):
+        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
+        for r in range(B):
+            zr = z[r]
+            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
+            for j in range(G):
+                zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+    for k in range(K - K % 4, K):
+        w0 = Ml[k]
+        for r in range(B):
+            zr = z[r]
+            x0 = xh[r, k]
+            for j in range(G):
+                zr[j] += x0 * w0[j]
+    for r in range(B):
+        zi = z[r, :H]
+        zf = z[r, H : 2 * H]
+        zg = z[r, 2 * H : 3 * H]
+        zo = z[r, 3 * H :]
+        hr = h[layer, r]
+        cr = c[layer, r]
+        # Contiguous loops with one activation each, so LLVM can vectorise them.
+        for j in range(H):
+            zi[j] = sigmoid(zi[j])
+        for j in range(H):
+            zf[j] = sigmoid(zf[j])
+        for j in range(H):
+            zg[j] = tanh(zg[j])
+        for j in range(H):
+            zo[j] = sigmoid(zo[j])
+        for j in range(H):
+            cell = zf[j] * cr[j] + zi[j] * zg[j]
+            cr[j] = cell
+            hr[j] = zo[j] * tanh(cell)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
+    """Read one character per stream through every layer and the head; allocates nothing.
+
+    logits (B, V) out: the scores of the next character
+    h, c   (L, B, H) the state, advanced in place
+    z (B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
+    table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
+      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
+    """
+    L, B, H = h.shape
+    V = logits.shape[1]
+    for layer in range(L):
+        below = 0 if layer == 0 else H  # width of the input part of xh
+        for r in range(B):
+            if layer > 0:
+                for k in range(H):
+                    xh[r, k] = h[layer - 1, r, k]
+            for k in range(H):
+                xh[r, below + k] = h[layer, r, k]
+        _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer)
+    for r in range(B):
+        out = logits[r]
+        top = h[L - 1, r]
+        for v in range(V):
+            out[v] = head_b[v]
+        for k in range(H):
+            hk = top[k]
+            w = head_W[k]
+            for v in range(V):
+                out[v] += hk * w[v]
+
+
+@njit(cache=True, error_model="numpy")
+def _ranks_later(p, a, b):
+    """Whether token a ranks after token b: lower probability, or equal and a higher id."""
+    return p[a] < p[b] or (p[a] == p[b] and a > b)
+
+
+@njit(cache=True, error_model="numpy")
+def _sift_down(order, p, root, end):
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _ranks_later(p, order[child + 1], order[child]):
+            child += 1
+        if not _ranks_later(p, order[child], order[root]):
+            return
+        order[root], order[child] = order[child], order[root]
+        root = child
+
+
+@njit(cache=True, error_model="numpy")
+def _rank_tokens(order, p):
+    """order (V,) = token ids from most to least probable under p (V,) (ties: lower id
+    first). Heapsort: in place, O(V log V), no allocation."""
+    V = p.size
+    for v in range(V):
+        order[v] = v
+    for root in range(V // 2 - 1, -1, -1):
+        _sift_down(order, p, root, V)
+    for end in range(V - 1, 0, -1):
+        order[0], order[end] = order[end], order[0]
+        _sift_down(order, p, 0, end)
+
+
+@njit(cache=True, error_model="numpy")
+def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p):
+    """out (B,) = one character per row of logits (B, V), drawn with uniforms (B,) in [0, 1).
+
+    temperature 0 (or top_k 1) takes the most likely character (the lowest id on ties).
+    Otherwise p ~ exp((logit - max) / temperature), computed in float64 with the maximum
+    subtracted first so that no temperature overflows (every term is in [0, 1], the largest
+    is 1); top_k (1..V; V = off) keeps the k most likely characters, then top_p (0 < p <= 1;
+    1 = off) the fewest of those whose probability adds up to top_p of theirs.
+    probs (B, V) float64 and order (V,) int are work buffers.
+    """
+    B, V = logits.shape
+    for r in range(B):
+        row = logits[r]
+        best = 0
+        for v in range(1, V):
+            if row[v] > row[best]:
+                best = v
+        if temperature == 0.0 or top_k == 1:
+            out[r] = best
+            continue
+        p = probs[r]
+        m = float(row[best])
+        for v in range(V):
+            p[v] = math.exp((float(row[v]) - m) / temperature)  # division: T may be tiny
+        if top_k < V or top_p < 1.0:
+            _rank_tokens(order, p)
+            keep = min(top_k, V)
+            if top_p < 1.0:
+                total = 0.0
+                for n in range(keep):
+                    total += p[order[n]]
+                cum = 0.0
+                for n in range(keep):
+                    cum += p[order[n]]
+                    if cum >= top_p * total:
+                        keep = n + 1
+                        break
+            for n in range(keep, V):
+                p[order[n]] = 0.0
+        total = 0.0
+        for v in range(V):
+            total += p[v]
+        target = uniforms[r] * total
+        cum = 0.0
+        pick = best  # only if rounding put target at the very end
+        for v in range(V):
+            cum += p[v]
+            if target < cum:
+                pick = v
+                break
+        out[r] = pick
+
+
+@njit(cache=True, error_model="numpy")
+def generate_steps(
+    out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
+    head_b, temperature, top_k, top_p,
+):  # fmt: skip
+    """Read inputs (S,) in every stream (the seed), then write out (N, B): N characters per
+    stream, each drawn from `logits` (B, V) and read in turn. On return h, c and logits are as
+    after the last character read, ready for the next call. uniforms (N, B) in [0, 1): one per
+    character drawn; tokens (B,) work. Other arguments as in lstm_step and sample_tokens.
+    One kernel for both jobs, as each kernel calling lstm_step adds to the compile time."""
+    for t in range(inputs.size):
+        for r in range(tokens.size):
+            tokens[r] = inputs[t]
+        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b)
+    for t in range(out.shape[0]):
+        sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
+        lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b)
+
+
+# --------------------------------------------------------------------------------------------
+# Gate inspection
+#
+# charlstm/gates.py runs model.forward over a text one window at a time (B=1) and folds each
+# window's gates into running statistics here, in one pass, instead of keeping every value.
+
+
+@njit(cache=True, error_model="numpy")
+def gate_stats_add(below, above, sums, sumsq, forget_bins, gates, left, right):
+    """Add one window of one layer's gates (one stream) to running statistics.
+
+    gates (T, 4H): activated i, f, g, o per step, as model.forward leaves them
+    below, above (4H,) int: steps each gate unit spent below `left` / above `right`
+    sums, sumsq (4H,) float64: running sums of the values and of their squares
+    forget_bins (65536,) int: forget gates counted by the top 16 bits of float32(1 - f). Bit
+      patterns of non-negative floats sort like their values, so these are logarithmic bins
+      (1/128 relative width): a median half-life without storing or sorting T*H values.
+    """
+    T, G = gates.shape
+    H = G // 4
+    d = np.empty(H, dtype=np.float32)
+    bits = d.view(np.uint32)
+    for t in range(T):
+        row = gates[t]
+        for k in range(G):
+            x = row[k]
+            sums[k] += x
+            sumsq[k] += x * x
+            below[k] += 1 if x < left else 0
+            above[k] += 1 if x > right else 0
+        for j in range(H):
+            d[j] = 1.0 - row[H + j]
+        for j in range(H):
+            forget_bins[bits[j] >> 16] += 1
+
+
+@njit(cache=True, error_model="numpy")
+def tanh_rows(out, x):
+    """out (T, H) = tanh(x (T, H)) with the forward pass's tanh: the memory as h reads it."""
+    T, H = x.shape
+    for t in range(T):
+        xt = x[t]
+        ot = out[t]
+        for j in range(H):
+            ot[j] = tanh(xt[j])

@@ -108,17 +108,18 @@ def _offset_in(flat: np.ndarray, view: np.ndarray) -> int:
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype: type = np.float32) -> Params:
     """PyTorch's default initialisation (uniform ±1/sqrt(H) for the LSTM and the head, N(0, 1)
     for the embedding), with the forget-gate bias set to 1 so memory is kept from the start."""
-    params = Params.zeros(config, np.float64)
+    params = Params.zeros(config, dtype)
     H = config.hidden
     bound = 1.0 / math.sqrt(H)
     for name, view in params.views.items():
+        # Drawn in float64 one tensor at a time, so float32 and float64 models start alike.
         if name == "embed":
             view[...] = rng.standard_normal(view.shape)
         else:
             view[...] = rng.uniform(-bound, bound, view.shape)
         if name.endswith(".b") and name.startswith("lstm."):
             view[H : 2 * H] = 1.0
-    return params.astype(dtype)
+    return params
 
 
 def zero_state(config: ModelConfig, batch: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -129,32 +130,81 @@ def zero_state(config: ModelConfig, batch: int, dtype: type = np.float32) -> tup
 
 class Workspace:
     """Buffers for one window of T steps over B streams, reused from window to window.
-    After a forward pass it holds every layer's gates, cell memory and hidden state, which
-    is what backward needs and what the gate inspector shows."""
+
+    `forward` (inference: evaluation, gate inspection) fills row-major buffers and leaves every
+    layer's gates, cell memory and hidden state in `gates` (L, T, B, 4H), `c_seq` and `h_seq`
+    (L, T, B, H). `loss_and_grad` (training) works in the feature-major layout of
+    kernels.lstm_train_forward in buffers of its own, allocated on first use.
+    Dropout masks are drawn in one order, (L, H, T, B), by both passes, so the same generator
+    gives both the same masks; `masks` shows them as (L, T, B, H).
+    """
 
     def __init__(self, config: ModelConfig, steps: int, batch: int, dtype: type = np.float32):
         T, B, H, L = steps, batch, config.hidden, config.layers
         self.config, self.steps, self.batch, self.dtype = config, T, B, np.dtype(dtype)
-        self.gates = np.empty((L, T, B, 4 * H), dtype=dtype)  # activated i, f, g, o
-        self.h_seq = np.empty((L, T, B, H), dtype=dtype)
-        self.c_seq = np.empty((L, T, B, H), dtype=dtype)
-        self.h0 = np.zeros((L, B, H), dtype=dtype)  # state each layer started the window from
-        self.c0 = np.zeros((L, B, H), dtype=dtype)
-        # The first layer's input projection of every character, embed·Wx (V, 4H), and its
-        # gradient: with V << B*T, looking rows up beats multiplying B*T embeddings.
-        self.input_table = np.empty((config.vocab_size, 4 * H), dtype=dtype)
-        self.dinput_table = np.empty((config.vocab_size, 4 * H), dtype=dtype)
-        self.x_drop = np.empty((L, T, B, H), dtype=dtype)  # dropped-out h feeding layer l+1 / head
-        self.masks = np.ones((L, T, B, H), dtype=dtype)  # dropout masks (0 or 1/(1-p))
-        self.logits = np.empty((T * B, config.vocab_size), dtype=dtype)
-        self.dlogits = np.empty((T * B, config.vocab_size), dtype=dtype)
-        self.dz = np.empty((T, B, 4 * H), dtype=dtype)
-        self.dh = np.empty((T, B, H), dtype=dtype)
-        self.tokens = np.empty(T * B, dtype=np.int64)
+        self.tokens = np.empty(T * B, dtype=np.int64)  # the window's inputs, t-major
+        self.masks_fm = np.ones((L, H, T, B), dtype=dtype)  # dropout masks (0 or 1/(1-p))
+        self.masks = self.masks_fm.transpose(0, 2, 3, 1)  # (L, T, B, H) view of the same
         self.dropout_on = False
+        self.logits: np.ndarray | None = None  # (T*B, V) of the last pass, row t*B + b
+        self._rows_ready = False
+        self._train: _TrainBuffers | None = None
+        self._rows()
 
     def fits(self, steps: int, batch: int, dtype: np.dtype) -> bool:
         return self.steps == steps and self.batch == batch and self.dtype == dtype
+
+    def _rows(self) -> Workspace:
+        if not self._rows_ready:
+            T, B, config = self.steps, self.batch, self.config
+            H, L, V = config.hidden, config.layers, config.vocab_size
+            self.gates = np.empty((L, T, B, 4 * H), dtype=self.dtype)  # activated i, f, g, o
+            self.h_seq = np.empty((L, T, B, H), dtype=self.dtype)
+            self.c_seq = np.empty((L, T, B, H), dtype=self.dtype)
+            self.h0 = np.zeros((L, B, H), dtype=self.dtype)  # state each layer started from
+            self.c0 = np.zeros((L, B, H), dtype=self.dtype)
+            # The first layer's input projection of every character, embed·Wx (V, 4H): with
+            # V << B*T, looking rows up beats multiplying B*T embeddings.
+            self.input_table = np.empty((V, 4 * H), dtype=self.dtype)
+            self.x_drop = np.empty((L, T, B, H), dtype=self.dtype)  # dropped-out h passed up
+            self.logits_rows = np.empty((T * B, V), dtype=self.dtype)
+            self._rows_ready = True
+        return self
+
+    def _training(self) -> _TrainBuffers:
+        if self._train is None:
+            self._train = _TrainBuffers(self.config, self.steps, self.batch, self.dtype)
+        return self._train
+
+
+class _TrainBuffers:
+    """The feature-major buffers of one training window (see kernels.lstm_train_forward)."""
+
+    def __init__(self, config: ModelConfig, T: int, B: int, dtype: np.dtype):
+        H, L, V = config.hidden, config.layers, config.vocab_size
+        self.gates = np.empty((L, 4 * H, T, B), dtype=dtype)  # activated i, f, g, o
+        self.h_seq = np.empty((L, H, T, B), dtype=dtype)
+        self.c_seq = np.empty((L, H, T, B), dtype=dtype)
+        self.h_prev = np.empty((L, H, T, B), dtype=dtype)  # state before each step, for dWh
+        self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
+        self.h0 = np.empty((L, H, B), dtype=dtype)
+        self.c0 = np.empty((L, H, B), dtype=dtype)
+        self.Wx_T = np.empty((4 * H, H), dtype=dtype)  # contiguous transposes of the layer's
+        self.Wh_T = np.empty((4 * H, H), dtype=dtype)  # weights: the BLAS operands
+        self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
+        self.dtable_T = np.empty((4 * H, V), dtype=dtype)
+        self.logits_T = np.empty((V, T * B), dtype=dtype)
+        self.dlogits_T = np.empty((V, T * B), dtype=dtype)
+        self.dz = np.empty((4 * H, T, B), dtype=dtype)
+        self.dh = np.empty((H, T, B), dtype=dtype)
+
+
+def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
+    p = ws.config.dropout
+    ws.dropout_on = dropout_rng is not None and p > 0.0
+    if ws.dropout_on:
+        keep = dropout_rng.random(ws.masks_fm.shape, dtype=np.float32) >= p
+        np.multiply(keep, 1.0 / (1.0 - p), out=ws.masks_fm, dtype=ws.dtype, casting="unsafe")
 
 
 def forward(
@@ -167,16 +217,13 @@ def forward(
 ) -> np.ndarray:
     """Run the model over inputs (T, B) token ids from state h, c (L, B, H), which are
     overwritten with the state after the last step. Returns the logits (T*B, V), row t*B + b.
-    With dropout_rng and config.dropout > 0, dropout masks are drawn from it (training)."""
+    With dropout_rng and config.dropout > 0, dropout masks are drawn from it."""
     config = params.config
     T, B = inputs.shape
     L, H = config.layers, config.hidden
+    ws._rows()
     ws.tokens[:] = inputs.reshape(T * B)
-    p = config.dropout
-    ws.dropout_on = dropout_rng is not None and p > 0.0
-    if ws.dropout_on:
-        keep = dropout_rng.random(ws.masks.shape, dtype=np.float32) >= p
-        np.multiply(keep, 1.0 / (1.0 - p), out=ws.masks, dtype=ws.dtype, casting="unsafe")
+    _draw_masks(ws, dropout_rng)
 
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
@@ -200,50 +247,100 @@ def forward(
         c[layer] = ws.c_seq[layer, T - 1]
 
     top = _layer_output(ws, L - 1).reshape(T * B, H)
-    kernels.matmul(ws.logits, top, params["head.W"])
-    kernels.add_row_vector(ws.logits, params["head.b"])
+    kernels.matmul(ws.logits_rows, top, params["head.W"])
+    kernels.add_row_vector(ws.logits_rows, params["head.b"])
+    ws.logits = ws.logits_rows
     return ws.logits
 
 
 def _layer_output(ws: Workspace, layer: int) -> np.ndarray:
-    """What layer `layer` passes upward: its hidden states, dropped out when training."""
+    """What layer `layer` passes upward (T, B, H): its hidden states, dropped out if training."""
     return ws.x_drop[layer] if ws.dropout_on else ws.h_seq[layer]
 
 
-def backward(params: Params, grads: Params, targets: np.ndarray, ws: Workspace) -> float:
-    """Loss of the last forward pass against targets (T, B); gradients are *added* to grads.
+def _train_output(ws: Workspace, tb: _TrainBuffers, layer: int) -> np.ndarray:
+    """The same in the feature-major layout, (H, T*B)."""
+    out = tb.x_drop[layer] if ws.dropout_on else tb.h_seq[layer]
+    return out.reshape(out.shape[0], -1)
+
+
+def _train_forward(
+    params: Params, inputs: np.ndarray, h: np.ndarray, c: np.ndarray, ws: Workspace, dropout_rng
+) -> None:
+    """`forward` in the feature-major layout, keeping what _train_backward needs."""
+    config = params.config
+    T, B = inputs.shape
+    L, H = config.layers, config.hidden
+    tb = ws._training()
+    ws.tokens[:] = inputs.reshape(T * B)
+    _draw_masks(ws, dropout_rng)
+
+    for layer in range(L):
+        Wx = params[f"lstm.{layer}.Wx"]
+        proj = tb.gates[layer].reshape(4 * H, T * B)  # Wx.T·x, activated in place below
+        if layer == 0:
+            if config.embed == 0:
+                tb.table_T[...] = Wx.T  # one-hot input: column v of Wx.T is character v's
+            else:
+                kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
+            kernels.gather_columns(proj, tb.table_T, ws.tokens)
+        else:
+            tb.Wx_T[...] = Wx.T
+            kernels.matmul(proj, tb.Wx_T, _train_output(ws, tb, layer - 1))
+        tb.Wh_T[...] = params[f"lstm.{layer}.Wh"].T
+        tb.h0[layer] = h[layer].T
+        tb.c0[layer] = c[layer].T
+        kernels.lstm_train_forward(
+            tb.h_seq[layer], tb.c_seq[layer], tb.h_prev[layer], tb.gates[layer],
+            tb.Wh_T, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
+        )  # fmt: skip
+        if ws.dropout_on:
+            kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
+        h[layer] = tb.h_seq[layer, :, T - 1].T
+        c[layer] = tb.c_seq[layer, :, T - 1].T
+
+    kernels.matmul(tb.logits_T, params["head.W"].T, _train_output(ws, tb, L - 1))  # (V, T*B)
+    kernels.add_column_vector(tb.logits_T, params["head.b"])
+    ws.logits = tb.logits_T.T
+
+
+def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Workspace) -> float:
+    """Loss of the last _train_forward against targets (T, B); gradients are *added* to grads.
     Truncated BPTT: nothing flows into the state the window started from."""
     config = params.config
     T, B = targets.shape
     L, H = config.layers, config.hidden
-    loss = kernels.softmax_cross_entropy(ws.dlogits, ws.logits, np.ascontiguousarray(targets).reshape(T * B))
+    tb = ws._training()
+    flat_targets = np.ascontiguousarray(targets).reshape(T * B)
+    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets)
 
-    top = _layer_output(ws, L - 1).reshape(T * B, H)
-    kernels.matmul_add(grads["head.W"], top.T, ws.dlogits)
-    kernels.add_column_sums(grads["head.b"], ws.dlogits)
-    dh = ws.dh.reshape(T * B, H)
-    kernels.matmul(dh, ws.dlogits, params["head.W"].T)
+    top = _train_output(ws, tb, L - 1)  # (H, T*B)
+    kernels.matmul_add(grads["head.W"], top, tb.dlogits_T.T)
+    kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
+    dh = tb.dh.reshape(H, T * B)
+    kernels.matmul(dh, params["head.W"], tb.dlogits_T)
 
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
-            kernels.apply_dropout(ws.dh, ws.dh, ws.masks[layer])
-        kernels.lstm_backward(
-            ws.dz, grads[f"lstm.{layer}.Wh"], grads[f"lstm.{layer}.b"], ws.dh,
-            ws.gates[layer], ws.c_seq[layer], ws.h_seq[layer],
-            params[f"lstm.{layer}.Wh"], ws.h0[layer], ws.c0[layer],
-        )  # fmt: skip
-        dz = ws.dz.reshape(T * B, 4 * H)
+            kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer])
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
-        if layer == 0 and config.embed == 0:
-            kernels.scatter_add_rows(dWx, dz, ws.tokens)
-        elif layer == 0:  # through input_table = embed·Wx
-            ws.dinput_table[...] = 0.0
-            kernels.scatter_add_rows(ws.dinput_table, dz, ws.tokens)
-            kernels.matmul_add(dWx, params["embed"].T, ws.dinput_table)
-            kernels.matmul_add(grads["embed"], ws.dinput_table, Wx.T)
+        kernels.lstm_train_backward(
+            tb.dz, grads[f"lstm.{layer}.b"], tb.dh, tb.gates[layer], tb.c_seq[layer],
+            params[f"lstm.{layer}.Wh"], tb.c0[layer],
+        )  # fmt: skip
+        dz = tb.dz.reshape(4 * H, T * B)
+        kernels.matmul_add(grads[f"lstm.{layer}.Wh"], tb.h_prev[layer].reshape(H, T * B), dz.T)
+        if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
+            tb.dtable_T[...] = 0.0
+            kernels.scatter_add_columns(tb.dtable_T, dz, ws.tokens)
+            if config.embed == 0:
+                dWx += tb.dtable_T.T
+            else:
+                kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
+                kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         else:
-            kernels.matmul_add(dWx, _layer_output(ws, layer - 1).reshape(T * B, H).T, dz)
-            kernels.matmul(dh, dz, Wx.T)  # gradient w.r.t. the layer below's output
+            kernels.matmul_add(dWx, _train_output(ws, tb, layer - 1), dz.T)
+            kernels.matmul(dh, Wx, dz)  # gradient w.r.t. the layer below's output
     return loss
 
 
@@ -258,7 +355,8 @@ def loss_and_grad(
     dropout_rng: np.random.Generator | None = None,
 ) -> float:
     """One window of truncated BPTT: zero grads, forward from (h, c) (advanced in place to the
-    window's final state), backward. Returns the mean loss in nats per character."""
+    window's final state), backward. Returns the mean loss in nats per character; the logits
+    are left in ws.logits (T*B, V)."""
     grads.flat[:] = 0.0
-    forward(params, inputs, h, c, ws, dropout_rng)
-    return backward(params, grads, targets, ws)
+    _train_forward(params, inputs, h, c, ws, dropout_rng)
+    return _train_backward(params, grads, targets, ws)

@@ -1,0 +1,722 @@
+"""The training loop: truncated BPTT over a corpus with Adam, a warmup+cosine LR schedule,
+periodic validation, best-model and full-state checkpoints, and exact resume.
+
+`train` takes the options the user gave (defaults in `TrainOptions`, or the saved ones when
+resuming) and reports through `Hooks` callbacks; it never prints. Letters as in kernels.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+from .checkpoint import MAX_LAYERS, MAX_PARAMS, MAX_WIDTH, Checkpoint, load_checkpoint, save_checkpoint
+from .data import BatchStream, Vocab, load_corpus
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .evaluate import validation_loss
+from .model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
+from .schedule import learning_rate
+
+DEFAULT_MINUTES = 15.0  # budget when none of steps / epochs / minutes is given
+STATE_VERSION = 1  # bump when the train-state keys change meaning
+SMOOTHING = 0.98  # EMA factor of the displayed training loss (about the last 50 steps)
+# Options that may change when resuming; any other option given must equal the saved value.
+RESUMABLE = ("steps", "epochs", "minutes", "eval_every")
+BUDGETS = ("steps", "epochs", "minutes")
+# A loss this many times a uniform guess (ln V) means the weights blew up even while still
+# finite (without weight decay, Adam at lr=1e6 keeps the loss finite near 1e7 nats).
+DIVERGED_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything that defines a run, saved in its checkpoints. Defaults: see the README."""
+
+    # model
+    layers: int = 2  # L
+    hidden: int = 256  # H: 2x256 runs ~20k chars/s on 2 cores, wide enough for 1.5 nats
+    embed: int = 64  # E; 0 for one-hot input
+    dropout: float = 0.1  # between layers and before the head
+    # data
+    seq_len: int = 64  # T: window of truncated BPTT
+    batch_size: int = 32  # B: parallel streams
+    val_frac: float = 0.1  # the last 10% of the text: nanoGPT's tinyshakespeare split
+    # optimiser: Adam with decoupled weight decay on matrices only
+    lr: float = 8e-3  # peak; measured best of 3e-3, 5e-3, 8e-3 on 2x256 (1.88, 1.82, 1.76 at 557 steps)
+    min_lr: float | None = None  # end of the cosine decay; None = lr / 10
+    warmup: int = 100  # steps of linear warmup
+    weight_decay: float = 0.01
+    clip: float = 5.0  # global gradient-norm limit (0 = none)
+    beta1: float = 0.9
+    beta2: float = 0.99  # faster second moments than 0.999 suit short runs on small data
+    # budget: at most one of these; none means DEFAULT_MINUTES
+    steps: int | None = None
+    epochs: float | None = None
+    minutes: float | None = None
+    eval_every: int = 500  # steps between validations (each also writes checkpoints)
+    random_seed: int = 1337  # init and dropout masks
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.layers, self.hidden, self.embed, self.dropout)
+
+    @property
+    def floor_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainOptions:
+        """Options from a dict; an unknown key or a value of the wrong type raises ConfigError
+        (a typo must not be ignored; a tampered checkpoint must not reach the loop)."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown training option {unknown[0]!r}")
+        clean = {}
+        for key, value in values.items():
+            kind = types[key]
+            flag = "--" + key.replace("_", "-")
+            if value is None and "None" in kind:
+                clean[key] = None
+            elif kind.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
+                clean[key] = value
+            elif kind.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
+                clean[key] = float(value)
+            else:
+                wanted = "a whole number" if kind.startswith("int") else "a number"
+                raise ConfigError(f"{flag} must be {wanted}, got {value!r}")
+        return cls(**clean)
+
+    def validate(self) -> None:
+        """Raise ConfigError for an out-of-range, non-finite or inconsistent value."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        checks = [
+            (1 <= self.layers <= MAX_LAYERS, f"--layers must be in [1, {MAX_LAYERS}]"),
+            (1 <= self.hidden <= MAX_WIDTH, f"--hidden must be in [1, {MAX_WIDTH}]"),
+            (0 <= self.embed <= MAX_WIDTH, f"--embed must be in [0, {MAX_WIDTH}] (0: one-hot)"),
+            (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (self.seq_len >= 1, "--seq-len must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (0.0 <= self.val_frac < 1.0, "--val-frac must be in [0, 1)"),
+            (self.lr > 0.0, "--lr must be positive"),
+            (0.0 <= self.floor_lr <= self.lr, "--min-lr must be in [0, --lr]"),
+            (self.warmup >= 0, "--warmup must be 0 or more"),
+            (self.weight_decay >= 0.0, "--weight-decay must be 0 or more"),
+            (self.clip >= 0.0, "--clip must be 0 (off) or more"),
+            (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "Adam betas must be in [0, 1)"),
+            (self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.random_seed >= 0, "--random-seed must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        given = [name for name in BUDGETS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError("give only one of --steps, --epochs and --minutes")
+        for name in given:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be positive")
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Reported after every optimizer step."""
+
+    step: int  # steps done, counting earlier sessions of a resumed run
+    total_steps: int | None  # planned steps; None with a time budget
+    fraction: float  # of the planned run done, 0..1 (of the time with --minutes)
+    epoch: float  # passes over the training text, fractional
+    loss: float  # this window's training loss (nats/char, with dropout)
+    smoothed_loss: float  # its exponential moving average
+    grad_norm: float  # global gradient norm before clipping
+    lr: float
+    chars_per_s: float  # training throughput of this session (evaluations excluded)
+    elapsed: float  # seconds of the whole run, evaluations included
+    remaining: float | None  # estimated seconds to the end of the budget
+    val_loss: float | None  # the latest validation loss
+    best_val_loss: float | None
+    best_step: int | None
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    """Reported after each validation and the checkpoint writes that follow it."""
+
+    step: int
+    val_loss: float | None  # None without a validation split
+    best_val_loss: float | None
+    best_step: int | None
+    improved: bool  # this validation wrote a new best checkpoint
+    seconds: float  # time the validation took
+    saved: list[Path]
+    params: Params  # the current weights, for a preview sample (do not modify)
+    vocab: Vocab
+
+
+@dataclass
+class Hooks:
+    """Callbacks through which `train` reports; all optional."""
+
+    notice: Callable[[str], None] | None = None  # one-line messages (shrunk batch, resume...)
+    load_progress: Callable[[int, int], None] | None = None  # corpus encoding: (bytes, total)
+    step: Callable[[StepInfo], None] | None = None
+    evaluation: Callable[[EvalInfo], None] | None = None
+    should_stop: Callable[[], bool] | None = None  # checked between steps (Ctrl-C)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    options: TrainOptions
+    step: int
+    epoch: float
+    train_loss: float  # smoothed training loss at the end (nats/char)
+    val_loss: float | None  # last validation
+    best_val_loss: float | None
+    best_step: int | None
+    chars_seen: int  # training characters processed, earlier sessions included
+    elapsed: float  # seconds, whole run
+    chars_per_s: float  # over the whole run's training steps
+    out: Path | None  # best-validation weights (None if never written)
+    last: Path | None  # full training state (None if never written)
+    interrupted: bool
+    batch_size: int  # as used (may be smaller than asked for a short text)
+    seq_len: int
+    n_params: int
+
+
+def last_path_for(out: Path | str) -> Path:
+    """`models/x.npz` -> `models/x.last.npz`: where the full state lives beside the best weights."""
+    out = Path(out)
+    stem = out.name[: -len(".npz")] if out.name.endswith(".npz") else out.name
+    return out.with_name(f"{stem}.last.npz")
+
+
+def default_out_path(corpus_paths: Sequence[Path | str]) -> Path:
+    return Path("models") / f"{Path(corpus_paths[0]).stem}.npz"
+
+
+# --------------------------------------------------------------------------------- options
+
+
+def resolve_options(
+    given: Mapping[str, Any], saved: TrainOptions | None = None
+) -> tuple[TrainOptions, list[str]]:
+    """The options of a run: `given` over the defaults, or over `saved` when resuming.
+
+    When resuming, only RESUMABLE options may differ from the saved ones (anything else would
+    silently not be the run being resumed): a different value raises ConfigError. A budget
+    given on resume replaces the saved budget. Returns the options and notices.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    TrainOptions.from_dict(given)  # unknown keys
+    notices: list[str] = []
+    if saved is None:
+        options = TrainOptions.from_dict(given)
+    else:
+        for key, value in given.items():
+            old = getattr(saved, key)
+            if key not in RESUMABLE and value != old:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"cannot resume with {flag} {value}: the run was started with {flag} {old} "
+                    "(drop the option, or start a new run)"
+                )
+        values = saved.to_dict()
+        if any(name in given for name in BUDGETS):
+            values.update(dict.fromkeys(BUDGETS))
+        values.update(given)
+        options = TrainOptions.from_dict(values)
+    options.validate()
+    if all(getattr(options, name) is None for name in BUDGETS):
+        options = dataclasses.replace(options, minutes=DEFAULT_MINUTES)
+        if saved is None:
+            minutes = f"{DEFAULT_MINUTES:g} minutes"
+            notices.append(f"no --steps, --epochs or --minutes given: training for {minutes}")
+    return options, notices
+
+
+# ------------------------------------------------------------------------------------ run
+
+
+def train(
+    corpus: Sequence[Path | str] | None,
+    given: Mapping[str, Any] | None = None,
+    *,
+    out: Path | str | None = None,
+    resume: Path | str | None = None,
+    hooks: Hooks | None = None,
+) -> TrainResult:
+    """Train on the UTF-8 files `corpus` (or, when resuming, the saved ones if None).
+
+    `given` holds the options the user set, by TrainOptions field name (None = not set).
+    The best-validation weights go to `out` (default models/<first file's stem>.npz) and the
+    full state to `last_path_for(out)`, at each validation and when stopped. `resume` is a
+    `.last.npz` to continue exactly. Raises CharLSTMError subclasses for bad input and
+    TrainingDivergedError when the loss or gradient stops being finite.
+    """
+    run = _Run(hooks or Hooks())
+    run.setup(corpus, dict(given or {}), out, resume)
+    return run.loop()
+
+
+def _state_str(value: Any) -> np.ndarray:
+    """JSON in a 0-d unicode array: how RNG and data positions are stored in a checkpoint."""
+    return np.array(json.dumps(value))
+
+
+def _read_state_str(state: Mapping[str, np.ndarray], key: str, path: Path) -> Any:
+    try:
+        return json.loads(str(state[key][()]))
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: training state {key!r} is missing or unreadable") from None
+
+
+@dataclass
+class _Progress:
+    """The run's counters: what `.last.npz` must hold besides weights and moments."""
+
+    step: int = 0
+    chars_seen: int = 0
+    elapsed: float = 0.0  # seconds, all sessions, evaluations included
+    train_seconds: float = 0.0  # seconds inside training steps, all sessions
+    loss_ema: float = 0.0  # raw EMA accumulator; divide by 1 - SMOOTHING**step to read
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    last_eval_step: int = -1
+
+
+def _check_writable(out: Path) -> None:
+    """Create out's folder and a temporary file in it, or raise CheckpointError naming it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise CheckpointError(f"{out}: cannot write checkpoints there ({exc.strerror or exc})") from None
+
+
+def _check_size(config: ModelConfig, T: int, B: int) -> None:
+    """Refuse a model that cannot be saved or would not fit in memory, before allocating it
+    (Linux hands out memory lazily, so a too-large run would be killed later, not refused)."""
+    P = config.n_params
+    if P > MAX_PARAMS:
+        raise ConfigError(f"a model of {P:,} parameters is too large (at most {MAX_PARAMS:,})")
+    L, H, V = config.layers, config.hidden, config.vocab_size
+    # float32: weights, gradients, two Adam moments; the window's activations (model.Workspace)
+    need = 4 * (4 * P + L * T * B * 8 * H + T * B * (2 * V + 6 * H + config.embed))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > 0.8 * ram:
+        raise ConfigError(
+            f"a {L}x{H} model with batch {B} x window {T} needs about {need / 2**30:,.1f} GB to train; "
+            f"this machine has {ram / 2**30:,.1f} GB (lower --hidden, --layers, --batch-size or --seq-len)"
+        )
+
+
+def _warm_up(config: ModelConfig) -> None:
+    """Compile every kernel a run uses on a 2-unit copy of the model, so the JIT's seconds are
+    not taken from a --minutes budget (Numba compiles per dtype and layout, not per size)."""
+    tiny = dataclasses.replace(config, hidden=2, embed=min(config.embed, 2))
+    params = init_params(tiny, np.random.default_rng(0), np.float32)
+    grads = Params.zeros(tiny, np.float32)
+    h, c = zero_state(tiny, 2)
+    window = np.zeros((3, 2), dtype=np.int64)  # (T+1, B), sliced as BatchStream does
+    ws = Workspace(tiny, 2, 2)
+    loss_and_grad(params, grads, window[:-1], window[1:], h, c, ws, np.random.default_rng(0))
+    kernels.clip_grad_norm(grads.flat, 1.0)
+    m, v = np.zeros_like(grads.flat), np.zeros_like(grads.flat)
+    kernels.adam_step(params.flat, m, v, grads.flat, params.decay_mask(), 1, 1e-3, 0.9, 0.99, 1e-8, 0.0)
+    validation_loss(params, np.zeros(8, dtype=np.uint8), batch=2, seq_len=2)
+
+
+class _Run:
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.p = _Progress()
+        self.last_saved_step = -1  # step of the state in `.last.npz`; -1 before the first write
+        self.out_written = False  # `out` holds this run's best weights
+
+    def _notice(self, message: str) -> None:
+        if self.hooks.notice is not None:
+            self.hooks.notice(message)
+
+    # -- setup
+
+    def setup(
+        self,
+        corpus: Sequence[Path | str] | None,
+        given: dict[str, Any],
+        out: Path | str | None,
+        resume: Path | str | None,
+    ) -> None:
+        ckpt = None
+        if resume is not None:
+            ckpt = load_checkpoint(resume, with_train_state=True)
+            if not ckpt.train_state:
+                name = last_path_for(resume).name
+                raise CheckpointError(f"{resume}: holds weights only, no training state (resume from {name})")
+            saved, saved_paths = self._saved_run(ckpt)
+            options, notices = resolve_options(given, saved)
+            if not corpus:
+                corpus = saved_paths
+            if out is None:
+                out = self._out_beside(Path(resume), ckpt.config)
+        else:
+            if not corpus:
+                raise ConfigError("no corpus files given")
+            options, notices = resolve_options(given)
+            if out is None:
+                out = default_out_path(corpus)
+        for message in notices:
+            self._notice(message)
+
+        self.options = options
+        self.out = Path(out)
+        if self.out.name.endswith(".last.npz"):
+            raise ConfigError(f"--out {self.out}: that name is reserved for the training state")
+        self.last = last_path_for(self.out)
+        _check_writable(self.out)  # before minutes of encoding and training, not after
+        if resume is not None and Path(resume).resolve() == self.out.resolve():
+            raise ConfigError("--out must not be the checkpoint being resumed")
+        self.corpus_paths = [Path(p).resolve() for p in corpus]
+
+        loaded = load_corpus(corpus, self.out.parent / ".charlstm-cache", self.hooks.load_progress)
+        self.vocab = loaded.vocab
+        train_tokens, self.val_tokens = loaded.split(options.val_frac)
+        self.stream = BatchStream(
+            train_tokens, options.batch_size, options.seq_len, notice=self.hooks.notice, name=loaded.name
+        )
+        if len(self.val_tokens) < 2:
+            self._notice(f"no validation text: {self.out} will receive the latest weights at each evaluation")
+
+        config = options.model_config(self.vocab.size)
+        B, T = self.stream.batch, self.stream.seq_len
+        _check_size(config, T, B)
+        seeds = np.random.SeedSequence(options.random_seed).spawn(2)
+        self.dropout_rng = np.random.default_rng(seeds[1])
+        try:
+            if ckpt is None:
+                self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
+                self.m = np.zeros_like(self.params.flat)  # Adam moments (P,)
+                self.v = np.zeros_like(self.params.flat)
+                self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
+            else:
+                self._restore(ckpt, config)
+            self.grads = Params.zeros(config, np.float32)
+            self.decay_mask = self.params.decay_mask()
+            self.ws = Workspace(config, T, B)
+        except MemoryError:
+            raise ConfigError(
+                f"not enough memory for a {config.layers}x{config.hidden} model with batch {B} x window {T} "
+                "(lower --hidden, --layers, --batch-size or --seq-len)"
+            ) from None
+        self.loss_limit = DIVERGED_FACTOR * max(math.log(self.vocab.size), 2.0)
+
+        o = options
+        if o.steps is not None:
+            self.total_steps: int | None = o.steps
+        elif o.epochs is not None:
+            self.total_steps = max(1, round(o.epochs * self.stream.windows_per_epoch))
+        else:
+            self.total_steps = None
+        self.budget_seconds = None if o.minutes is None else o.minutes * 60.0
+        _warm_up(config)
+
+    def _saved_run(self, ckpt: Checkpoint) -> tuple[TrainOptions, list[str]]:
+        try:
+            saved = TrainOptions.from_dict(ckpt.config["training"])
+            paths = [str(p) for p in ckpt.config["corpus"]]
+            version = int(ckpt.train_state["version"][()])
+        except (KeyError, TypeError, ValueError, ConfigError):
+            raise CheckpointError(f"{ckpt.path}: not a charlstm training state") from None
+        if version != STATE_VERSION:
+            raise CheckpointError(f"{ckpt.path}: training state version {version} is not supported")
+        return saved, paths
+
+    @staticmethod
+    def _out_beside(resume: Path, config: Mapping[str, Any]) -> Path:
+        """The best-weights path of a resumed run: beside the state file, as it was written."""
+        if resume.name.endswith(".last.npz"):
+            return resume.with_name(resume.name[: -len(".last.npz")] + ".npz")
+        return Path(str(config.get("out", resume.with_suffix(".best.npz"))))
+
+    def _restore(self, ckpt: Checkpoint, config: ModelConfig) -> None:
+        """Load weights, moments, carried state, RNG, data position and counters."""
+        path, state = ckpt.path, ckpt.train_state
+        if ckpt.vocab != self.vocab:
+            raise ConfigError(
+                f"cannot resume: the corpus has a different vocabulary ({self.vocab.size} characters) "
+                f"from the checkpoint's ({ckpt.vocab.size})"
+            )
+        if ckpt.params.config != config:
+            raise CheckpointError(f"{path}: its weights do not match its saved options")
+        self.params = ckpt.params
+        P = self.params.flat.size
+        shape = (config.layers, self.stream.batch, config.hidden)
+        wanted = {"m": (P,), "v": (P,), "h": shape, "c": shape}
+        for key, want in wanted.items():
+            arr = state.get(key)
+            if arr is None or arr.shape != want or arr.dtype != np.float32:
+                raise CheckpointError(f"{path}: training state {key!r} is missing or has the wrong shape")
+        if not all(np.isfinite(state[k]).all() for k in wanted):
+            raise CheckpointError(f"{path}: training state holds NaN or infinite values")
+        self.m, self.v = state["m"].copy(), state["v"].copy()
+        self.h, self.c = state["h"].copy(), state["c"].copy()
+        self.stream.restore(_read_state_str(state, "data", path))
+        try:
+            self.dropout_rng.bit_generator.state = _read_state_str(state, "rng", path)["dropout"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: training state 'rng' is unreadable") from None
+        counters = _read_state_str(state, "counters", path)
+        try:
+            self.p = _Progress(**counters)
+        except TypeError:
+            raise CheckpointError(f"{path}: training state 'counters' is unreadable") from None
+        self.out_written = self.out.exists()
+        if not self.out_written:
+            # the best weights are not where this run now writes them: start the record afresh
+            self.p.best_val_loss, self.p.best_step = None, None
+        self.last_saved_step = self.p.step
+        self._notice(f"resuming {path} at step {self.p.step:,}")
+
+    # -- the loop
+
+    def loop(self) -> TrainResult:
+        o, p = self.options, self.p
+        self.session_start = time.perf_counter()
+        self.elapsed_before = p.elapsed
+        self.session_steps = 0
+        self.session_chars = 0
+        self.session_train_seconds = 0.0
+        interrupted = False
+        if self._budget_spent():
+            self._notice(f"already at step {p.step:,}, the end of its budget: nothing to train")
+        while not self._budget_spent():
+            if self.hooks.should_stop is not None and self.hooks.should_stop():
+                interrupted = True
+                break
+            self._step()
+            if p.step % o.eval_every == 0:
+                self._evaluate()
+        if interrupted:
+            if p.step > 0 and p.step != self.last_saved_step:
+                if not np.isfinite(self.params.flat).all():
+                    self._diverged(p.step, "the weights hold NaN or infinite values")
+                self._save(best=False)
+        elif p.last_eval_step != p.step:
+            self._evaluate()
+        return self._result(interrupted)
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.session_start)
+
+    def _budget_spent(self) -> bool:
+        if self.total_steps is not None:
+            return self.p.step >= self.total_steps
+        assert self.budget_seconds is not None
+        return self._elapsed() >= self.budget_seconds
+
+    def _fraction(self) -> float:
+        if self.total_steps is not None:
+            return min(1.0, self.p.step / self.total_steps)
+        assert self.budget_seconds is not None
+        return min(1.0, self._elapsed() / self.budget_seconds)
+
+    def _step(self) -> None:
+        o, p = self.options, self.p
+        started = time.perf_counter()
+        k = p.step + 1  # the step being taken, 1-based (Adam's bias correction needs it)
+        # the schedule's progress is taken before the step: step 1 runs at the peak of the cosine
+        if self.total_steps is not None:
+            progress = p.step / self.total_steps
+        else:
+            assert self.budget_seconds is not None
+            progress = self._elapsed() / self.budget_seconds
+        lr = learning_rate(k, progress, peak=o.lr, floor=o.floor_lr, warmup=o.warmup)
+
+        inputs, targets, reset = self.stream.next_batch()  # (T, B) each
+        if reset:  # an epoch starts: the streams jump back to their segment starts
+            self.h.fill(0.0)
+            self.c.fill(0.0)
+        loss = loss_and_grad(
+            self.params, self.grads, inputs, targets, self.h, self.c, self.ws, self.dropout_rng
+        )
+        norm = kernels.clip_grad_norm(self.grads.flat, o.clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)) or loss > self.loss_limit:
+            self._diverged(k, f"loss {loss:.4g} nats/char, gradient norm {norm:.4g}")
+        kernels.adam_step(
+            self.params.flat, self.m, self.v, self.grads.flat, self.decay_mask,
+            k, lr, o.beta1, o.beta2, 1e-8, o.weight_decay,
+        )  # fmt: skip
+
+        p.step = k
+        chars = inputs.size
+        p.chars_seen += chars
+        p.loss_ema = SMOOTHING * p.loss_ema + (1.0 - SMOOTHING) * loss
+        seconds = time.perf_counter() - started
+        p.train_seconds += seconds
+        self.session_steps += 1
+        self.session_chars += chars
+        self.session_train_seconds += seconds
+        p.elapsed = self._elapsed()
+        if self.hooks.step is not None:
+            self.hooks.step(self._step_info(loss, norm, lr))
+
+    def _smoothed(self) -> float:
+        if self.p.step == 0:
+            return math.nan
+        return self.p.loss_ema / (1.0 - SMOOTHING**self.p.step)
+
+    def _step_info(self, loss: float, norm: float, lr: float) -> StepInfo:
+        p = self.p
+        rate = self.session_chars / self.session_train_seconds if self.session_train_seconds else 0.0
+        if self.total_steps is not None:
+            per_step = (self._elapsed() - self.elapsed_before) / max(self.session_steps, 1)
+            remaining: float | None = max(0, self.total_steps - p.step) * per_step
+        else:
+            assert self.budget_seconds is not None
+            remaining = max(0.0, self.budget_seconds - p.elapsed)
+        return StepInfo(
+            step=p.step,
+            total_steps=self.total_steps,
+            fraction=self._fraction(),
+            epoch=self.stream.epoch,
+            loss=loss,
+            smoothed_loss=self._smoothed(),
+            grad_norm=norm,
+            lr=lr,
+            chars_per_s=rate,
+            elapsed=p.elapsed,
+            remaining=remaining,
+            val_loss=p.val_loss,
+            best_val_loss=p.best_val_loss,
+            best_step=p.best_step,
+        )
+
+    def _diverged(self, step: int, what: str) -> None:
+        if self.last_saved_step >= 0:
+            kept = f"the last good state is {self.last} (step {self.last_saved_step:,}), left untouched"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise TrainingDivergedError(
+            f"training diverged at step {step:,}: {what}; "
+            f"nothing was saved from it; {kept}; try a lower --lr or --clip"
+        )
+
+    def _evaluate(self) -> None:
+        p = self.p
+        started = time.perf_counter()
+        # the last step's update is only seen by the next loss: check it before anything is saved
+        if not np.isfinite(self.params.flat).all():
+            self._diverged(p.step, "the weights hold NaN or infinite values")
+        val = validation_loss(self.params, self.val_tokens)
+        seconds = time.perf_counter() - started
+        has_val = len(self.val_tokens) >= 2
+        if has_val and not math.isfinite(val):
+            self._diverged(p.step, f"validation loss {val:.4g} nats/char")
+        improved = False
+        if has_val:
+            p.val_loss = val
+            if p.best_val_loss is None or val < p.best_val_loss:
+                p.best_val_loss, p.best_step = val, p.step
+                improved = True
+        p.last_eval_step = p.step
+        p.elapsed = self._elapsed()
+        saved = []
+        if improved or not has_val:
+            saved.append(self._save(best=True))
+        saved.append(self._save(best=False))
+        p.elapsed = self._elapsed()
+        if self.hooks.evaluation is not None:
+            info = EvalInfo(
+                step=p.step,
+                val_loss=p.val_loss,
+                best_val_loss=p.best_val_loss,
+                best_step=p.best_step,
+                improved=improved,
+                seconds=seconds,
+                saved=saved,
+                params=self.params,
+                vocab=self.vocab,
+            )
+            self.hooks.evaluation(info)
+
+    # -- checkpoints
+
+    def _config(self) -> dict[str, Any]:
+        """The checkpoint's JSON config (the model's own fields are added by save_checkpoint)."""
+        p = self.p
+        return {
+            "training": self.options.to_dict(),
+            "corpus": [str(path) for path in self.corpus_paths],
+            "out": str(self.out.resolve()),
+            "step": p.step,
+            "val_loss": p.val_loss,
+            "best_val_loss": p.best_val_loss,
+        }
+
+    def _save(self, best: bool) -> Path:
+        """Write the best weights (`out`) or the full state (`.last.npz`), atomically."""
+        if best:
+            path = save_checkpoint(self.out, self.params, self.vocab, self._config())
+            self.out_written = True
+            return path
+        p = self.p
+        p.elapsed = self._elapsed()
+        state = {
+            "version": np.array(STATE_VERSION, dtype=np.int64),
+            "m": self.m,
+            "v": self.v,
+            "h": self.h,
+            "c": self.c,
+            "rng": _state_str({"dropout": self.dropout_rng.bit_generator.state}),
+            "data": _state_str(self.stream.state()),
+            "counters": _state_str(dataclasses.asdict(p)),
+        }
+        path = save_checkpoint(self.last, self.params, self.vocab, self._config(), state)
+        self.last_saved_step = p.step
+        return path
+
+    def _result(self, interrupted: bool) -> TrainResult:
+        p = self.p
+        return TrainResult(
+            options=self.options,
+            step=p.step,
+            epoch=self.stream.epoch,
+            train_loss=self._smoothed(),
+            val_loss=p.val_loss,
+            best_val_loss=p.best_val_loss,
+            best_step=p.best_step,
+            chars_seen=p.chars_seen,
+            elapsed=self._elapsed(),
+            chars_per_s=p.chars_seen / p.train_seconds if p.train_seconds else 0.0,
+            out=self.out if self.out_written else None,
+            last=self.last if self.last_saved_step >= 0 else None,
+            interrupted=interrupted,
+            batch_size=self.stream.batch,
+            seq_len=self.stream.seq_len,
+            n_params=self.params.flat.size,
+        )
