@@ -1,16 +1,16 @@
 """Seconds for `inspect-gates` statistics over a long text: one stream (B=1) through the model,
-gate statistics, and unit ranking, for a few model sizes and thread counts.
+gate statistics, and unit ranking, for a few model sizes and core counts.
 
-    python bench/gates_speed.py [--sizes 1x128,2x256,2x512] [--chars 20000] [--threads 1,2] [--repeats 3]
+    python bench/gates_speed.py [--sizes 1x128,2x256,2x512] [--chars 20000] [--cores 1,2] [--repeats 3]
 
-Columns: `recurrent` is kernels.lstm_forward alone (a (1, H)·(H, 4H) product and the gate
-arithmetic per step and layer), `forward` the whole model.forward over the text in windows,
-`trace` gates.compute_trace (forward plus every statistic), `rank` variance ranking plus the
-`line-pos`-feature ranking with its 20-shift null, `total` trace + rank in wall-clock seconds,
-`total cpu` the same in CPU seconds of all threads (the fairer one on a shared machine). Best
-of --repeats, each size and thread count in its own subprocess (BLAS pools size themselves
-when they load).
-V=65, E=64, float32, random weights (speed does not depend on training), Shakespeare text.
+Columns: `model.forward` is the evaluation forward pass over the text in windows (one BLAS
+product per step and layer), for comparison; `stream` is stream.run_stream, what inspection
+uses (layers pipelined on threads); `trace` gates.compute_trace (stream plus every statistic),
+`rank` variance ranking plus the `line-pos`-feature ranking with its 20-shift null, `total`
+trace + rank in wall-clock seconds, `total cpu` the same in CPU seconds of all threads. Best of
+--repeats, each size and core count in its own subprocess, pinned to that many cores and with
+BLAS sized to them. V=65, E=64, float32, random weights (speed does not depend on training),
+Shakespeare text.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "tinyshakespeare.t
 
 
 def measure(layers: int, hidden: int, chars: int, repeats: int) -> dict[str, float]:
-    from charlstm import gates, kernels
+    from charlstm import gates, stream
     from charlstm.data import Vocab
     from charlstm.model import ModelConfig, Workspace, forward, init_params, zero_state
 
@@ -41,31 +41,26 @@ def measure(layers: int, hidden: int, chars: int, repeats: int) -> dict[str, flo
     config = ModelConfig(vocab_size=vocab.size, layers=layers, hidden=hidden, embed=E)
     params = init_params(config, np.random.default_rng(0))
     ids = vocab.encode(text)
-    T, H = gates.WINDOW, hidden
+    T = gates.WINDOW
     ws = Workspace(config, T, 1)
-    rng = np.random.default_rng(1)
-    proj = rng.standard_normal((T, 1, 4 * H)).astype(np.float32)
+    tail_ws = Workspace(config, max(1, chars % T), 1)
     gates.rank_units(
         gates.compute_trace(params, vocab, text[: T + 10]), feature="line-pos"
     )  # compile, warm up
 
-    best = {key: float("inf") for key in ("recurrent", "forward", "trace", "rank", "total", "cpu")}
+    best = {key: float("inf") for key in ("model.forward", "stream", "trace", "rank", "total", "cpu")}
     for _ in range(repeats):
+        h, c = zero_state(config, 1)
         start = time.perf_counter()
-        for _window in range(0, chars, T):
-            for layer in range(layers):
-                ws.gates[layer] = proj
-                kernels.lstm_forward(
-                    ws.h_seq[layer], ws.c_seq[layer], ws.gates[layer], params[f"lstm.{layer}.Wh"],
-                    params[f"lstm.{layer}.b"], ws.h0[layer], ws.c0[layer],
-                )  # fmt: skip
-        best["recurrent"] = min(best["recurrent"], time.perf_counter() - start)
+        for a in range(0, chars, T):
+            chunk = ids[a : a + T]
+            forward(params, chunk.reshape(-1, 1), h, c, ws if len(chunk) == T else tail_ws)
+        best["model.forward"] = min(best["model.forward"], time.perf_counter() - start)
 
         h, c = zero_state(config, 1)
         start = time.perf_counter()
-        for a in range(0, chars - T + 1, T):
-            forward(params, ids[a : a + T].reshape(T, 1), h, c, ws)
-        best["forward"] = min(best["forward"], time.perf_counter() - start)
+        stream.run_stream(params, ids, h, c, T)
+        best["stream"] = min(best["stream"], time.perf_counter() - start)
 
         start, cpu_start = time.perf_counter(), time.process_time()
         trace = gates.compute_trace(params, vocab, text)
@@ -80,11 +75,11 @@ def measure(layers: int, hidden: int, chars: int, repeats: int) -> dict[str, flo
     return best
 
 
-def in_subprocess(layers: int, hidden: int, chars: int, threads: int, repeats: int) -> dict[str, float]:
+def in_subprocess(layers: int, hidden: int, chars: int, cores: int, repeats: int) -> dict[str, float]:
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--child", f"{layers}:{hidden}:{chars}:{repeats}"]
+        env[var] = str(cores)
+    cmd = [sys.executable, __file__, "--child", f"{layers}:{hidden}:{chars}:{repeats}:{cores}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -95,36 +90,37 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1x128,2x256,2x512")
     parser.add_argument("--chars", type=int, default=20_000)
-    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--cores", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        layers, hidden, chars, repeats = (int(x) for x in args.child.split(":"))
+        layers, hidden, chars, repeats, cores = (int(x) for x in args.child.split(":"))
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
         print(json.dumps(measure(layers, hidden, chars, repeats)))
         return
 
     columns = [
         "L x H",
-        "threads",
+        "cores",
         "chars",
-        "recurrent",
-        "forward",
+        "model.forward",
+        "stream",
         "trace",
         "rank",
         "total",
         "total cpu",
         "chars/s",
     ]
-    print("  ".join(f"{c:>9}" for c in columns))
+    print("  ".join(f"{c:>13}" for c in columns))
     for size in args.sizes.split(","):
         layers, hidden = (int(x) for x in size.split("x"))
-        for threads in (int(t) for t in args.threads.split(",")):
-            r = in_subprocess(layers, hidden, args.chars, threads, args.repeats)
-            cells = [size, str(threads), f"{args.chars:,}"]
-            cells += [f"{r[k]:.2f} s" for k in ("recurrent", "forward", "trace", "rank", "total", "cpu")]
+        for cores in (int(t) for t in args.cores.split(",")):
+            r = in_subprocess(layers, hidden, args.chars, cores, args.repeats)
+            cells = [size, str(cores), f"{args.chars:,}"]
+            cells += [f"{r[k]:.2f} s" for k in ("model.forward", "stream", "trace", "rank", "total", "cpu")]
             cells.append(f"{args.chars / r['total']:,.0f}")
-            print("  ".join(f"{c:>9}" for c in cells), flush=True)
+            print("  ".join(f"{c:>13}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

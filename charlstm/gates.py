@@ -18,7 +18,8 @@ import numpy as np
 from . import kernels
 from .data import Vocab, encode_known
 from .errors import ConfigError
-from .model import GATE_NAMES, ModelConfig, Params, Workspace, forward, zero_state
+from .model import GATE_NAMES, ModelConfig, Params, zero_state
+from .stream import run_stream
 
 SIGNALS = ("i", "f", "g", "o", "c", "h")  # the four gates, then the cell's memory and output
 SIGNAL_ROLES = {  # short labels, from the explainers' "four small networks" picture
@@ -212,8 +213,8 @@ def compute_trace(
     window: int = WINDOW,
 ) -> Trace:
     """Run the model over `warmup` (not recorded) and then `text` (at most MAX_CHARS), one
-    stream, `window` characters per forward call, carrying the state between calls. The
-    forward pass is the training one (model.forward), so the gates are those training saw.
+    stream, `window` characters at a time, the layers pipelined on threads (stream.py).
+    The gates equal model.forward's (evaluation's) up to float rounding.
 
     Characters missing from the vocabulary are read as a space (or the first character of
     the vocabulary) and left out of the bits per character."""
@@ -236,21 +237,15 @@ def compute_trace(
     warm_ids[~warm_known] = stand_in
 
     h, c = zero_state(config, 1, params.dtype)
-    workspaces: dict[int, Workspace] = {}
-
-    def run(chunk: np.ndarray) -> tuple[np.ndarray, Workspace]:
-        T = len(chunk)
-        ws = workspaces.get(T)
-        if ws is None:
-            ws = workspaces[T] = Workspace(config, T, 1, params.dtype)
-        return forward(params, chunk.reshape(T, 1), h, c, ws), ws  # logits (T, V)
-
     bits = np.full(N, np.nan)
-    last_logits = None  # the warm-up's prediction for the first character
-    for start in range(0, len(warm_ids), window):
-        logits, _ = run(warm_ids[start : start + window])
-        last_logits = logits[-1:].copy()
-    if last_logits is not None and known[0]:
+    last_logits = np.empty((1, config.vocab_size), dtype=params.dtype)  # the warm-up's guess
+
+    def keep_last(start: int, stop: int, logits: np.ndarray) -> None:
+        if stop == len(warm_ids):
+            last_logits[0] = logits[-1]
+
+    run_stream(params, warm_ids, h, c, window, on_logits=keep_last)
+    if len(warm_ids) and known[0]:
         logp = np.empty(1)
         kernels.token_log_probs(logp, last_logits, ids[:1])
         bits[0] = -logp[0] / math.log(2.0)
@@ -267,9 +262,7 @@ def compute_trace(
     sumsq = np.zeros((L, 4 * H))
     forget_bins = np.zeros((L, FORGET_BINS), dtype=np.int64)  # see kernels.gate_stats_add
 
-    for start in range(0, N, window):
-        stop = min(start + window, N)
-        logits, ws = run(ids[start:stop])
+    def on_logits(start: int, stop: int, logits: np.ndarray) -> None:
         # Surprisal of each next character inside the text.
         n_next = min(stop, N - 1) - start
         if n_next > 0:
@@ -279,17 +272,21 @@ def compute_trace(
         if start < S:
             s_stop = min(stop, S)
             _top_guesses(guess_ids[start:s_stop], guess_probs[start:s_stop], logits[: s_stop - start])
-        for layer in range(L):
-            g = ws.gates[layer, :, 0]  # (T, 4H)
-            if start < S:
-                gates_shown[layer, start:s_stop] = g[: s_stop - start]
-                c_shown[layer, start:s_stop] = ws.c_seq[layer, : s_stop - start, 0]
-                h_shown[layer, start:s_stop] = ws.h_seq[layer, : s_stop - start, 0]
-            _store_signal(values[layer, start:stop], ws, layer, signal, H)
-            kernels.gate_stats_add(
-                below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
-                g, thresholds.left, thresholds.right,
-            )  # fmt: skip
+
+    def on_layer(layer: int, start: int, stop: int, g: np.ndarray, c_seq, h_seq) -> None:
+        # g (n, 4H), c_seq and h_seq (n, H): this layer's window of the text
+        if start < S:
+            s_stop = min(stop, S)
+            gates_shown[layer, start:s_stop] = g[: s_stop - start]
+            c_shown[layer, start:s_stop] = c_seq[: s_stop - start]
+            h_shown[layer, start:s_stop] = h_seq[: s_stop - start]
+        _store_signal(values[layer, start:stop], signal, g, c_seq, h_seq)
+        kernels.gate_stats_add(
+            below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
+            g, thresholds.left, thresholds.right,
+        )  # fmt: skip
+
+    run_stream(params, ids, h, c, window, on_layer, on_logits)
 
     bits[~known] = np.nan
     stats = _gate_stats(below, above, sums, sumsq, forget_bins, N, H, thresholds)
@@ -313,15 +310,17 @@ def compute_trace(
     )
 
 
-def _store_signal(out: np.ndarray, ws: Workspace, layer: int, signal: str, H: int) -> None:
-    """out (T, H) = the chosen signal of the window just run (tanh(c) for the memory)."""
+def _store_signal(out: np.ndarray, signal: str, g: np.ndarray, c_seq: np.ndarray, h_seq: np.ndarray) -> None:
+    """out (n, H) = the chosen signal of a layer's window (tanh(c) for the memory), from its
+    gates g (n, 4H), memory c_seq and hidden state h_seq (n, H)."""
+    H = h_seq.shape[1]
     if signal in GATE_NAMES:
         k = GATE_NAMES.index(signal)
-        out[...] = ws.gates[layer, :, 0, k * H : (k + 1) * H]
+        out[...] = g[:, k * H : (k + 1) * H]
     elif signal == "c":
-        kernels.tanh_rows(out, ws.c_seq[layer, :, 0])
+        kernels.tanh_rows(out, c_seq)
     else:
-        out[...] = ws.h_seq[layer, :, 0]
+        out[...] = h_seq
 
 
 def _top_guesses(out_ids: np.ndarray, out_probs: np.ndarray, logits: np.ndarray) -> None:

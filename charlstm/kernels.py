@@ -683,8 +683,55 @@ def generate_steps(
 # --------------------------------------------------------------------------------------------
 # Gate inspection
 #
-# charlstm/gates.py runs model.forward over a text one window at a time (B=1) and folds each
-# window's gates into running statistics here, in one pass, instead of keeping every value.
+# charlstm/stream.py runs a text through the model one window at a time (B=1), the layers on
+# threads of their own; charlstm/gates.py folds each window's gates into running statistics
+# here, in one pass, instead of keeping every value.
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def lstm_forward_stream(h_seq, c_seq, gates, Wh, b, h0, c0):
+    """lstm_forward for one stream (B=1), with the recurrent product written out instead of
+    calling BLAS, and without the GIL: layers of a long text run at once on separate threads
+    (charlstm/stream.py), each streaming its own Wh, without sharing BLAS's thread pool.
+
+    gates (T, 4H) on entry: the input projection x_t·Wx; on exit: activated i, f, g, o
+    h_seq, c_seq (T, H) out; Wh (H, 4H), b (4H,); h0, c0 (H,) the state carried in (unchanged).
+    """
+    T, G = gates.shape
+    H = G // 4
+    K4 = H - H % 4
+    z = np.empty(G, dtype=gates.dtype)
+    h_prev = h0
+    c_prev = c0
+    for t in range(T):
+        zt = gates[t]
+        for j in range(G):
+            z[j] = zt[j] + b[j]
+        # z += h_prev·Wh, adding rows of Wh four at a time (one pass over Wh, z in L1).
+        for k in range(0, K4, 4):
+            x0, x1, x2, x3 = h_prev[k], h_prev[k + 1], h_prev[k + 2], h_prev[k + 3]
+            w0, w1, w2, w3 = Wh[k], Wh[k + 1], Wh[k + 2], Wh[k + 3]
+            for j in range(G):
+                z[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+        for k in range(K4, H):
+            x0 = h_prev[k]
+            w0 = Wh[k]
+            for j in range(G):
+                z[j] += x0 * w0[j]
+        for j in range(2 * H):  # i, f
+            zt[j] = sigmoid(z[j])
+        for j in range(2 * H, 3 * H):  # g
+            zt[j] = tanh(z[j])
+        for j in range(3 * H, G):  # o
+            zt[j] = sigmoid(z[j])
+        ht = h_seq[t]
+        ct = c_seq[t]
+        for j in range(H):
+            cell = zt[H + j] * c_prev[j] + zt[j] * zt[2 * H + j]
+            ct[j] = cell
+            ht[j] = zt[3 * H + j] * tanh(cell)
+        h_prev = ht
+        c_prev = ct
 
 
 @njit(cache=True, error_model="numpy")
