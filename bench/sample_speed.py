@@ -5,7 +5,9 @@ and PyTorch (`nn.LSTM` called once per character, and a hand-written step), side
 
 Random-init models with V=65, E=64, float32; each measurement generates 2,000 characters after
 a 100-character seed at temperature 0.8, in its own subprocess with the thread count fixed
-through the environment, implementations alternating so that a noisy neighbour hurts all alike.
+through the environment (charlstm: `threads=N`, its units split over N threads; NumPy and
+PyTorch: N BLAS/intra-op threads), implementations alternating so that a noisy neighbour hurts
+all alike.
 PyTorch columns are blank when torch is not installed; "torch" is the faster of its two ways.
 """
 
@@ -37,13 +39,14 @@ def make_model(layers: int, hidden: int):
     return init_params(config, np.random.default_rng(0)), vocab
 
 
-def time_charlstm(layers: int, hidden: int) -> float:
+def time_charlstm(layers: int, hidden: int, threads: int) -> float:
+    """`charlstm sample --threads N`: each layer's units split over N threads."""
     from charlstm.sample import generate
 
     params, vocab = make_model(layers, hidden)
-    generate(params, vocab, SEED_TEXT, 10, random_seed=0)  # numba: load the cached kernels
+    generate(params, vocab, SEED_TEXT, 10, random_seed=0, threads=threads)  # load cached kernels
     start = time.perf_counter()
-    generate(params, vocab, SEED_TEXT, LENGTH, temperature=TEMPERATURE, random_seed=1)
+    generate(params, vocab, SEED_TEXT, LENGTH, temperature=TEMPERATURE, random_seed=1, threads=threads)
     return LENGTH / (time.perf_counter() - start)
 
 
@@ -148,7 +151,7 @@ def run_child(spec: str) -> None:
     impl, layers, hidden, threads = spec.split(":")
     L, H = int(layers), int(hidden)
     if impl == "charlstm":
-        rate = time_charlstm(L, H)
+        rate = time_charlstm(L, H, int(threads))
     elif impl == "numpy":
         rate = time_numpy(L, H)
     else:

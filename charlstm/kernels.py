@@ -13,7 +13,7 @@ Backward kernels *add* into gradient buffers; the caller zeroes them.
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 
@@ -678,6 +678,107 @@ def generate_steps(
     for t in range(out.shape[0]):
         sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
         lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b)
+
+
+# Two cores: the units of each layer are split between threads, each adding its own columns of
+# M (all four gates of its units, so it also updates their memory), and the threads meet once
+# per layer. Every column sums in the same order as in _lstm_layer, so the text is the same
+# with any number of threads. Worth it only when nothing else runs on the cores: a thread the
+# system puts to sleep holds the other one up at every layer.
+
+
+@njit(cache=True, error_model="numpy")
+def _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, u0, u1):
+    """_lstm_layer for the units u0..u1-1 only (their i, f, g, o columns), in the same order."""
+    L, B, H = h.shape
+    Ml = M[layer]
+    K = Ml.shape[0]
+    b = bias[layer]
+    for r in range(B):
+        zr = z[r]
+        for q in range(4):
+            for j in range(q * H + u0, q * H + u1):
+                zr[j] = b[j]
+        if layer == 0:
+            x = table[tokens[r]]
+            for q in range(4):
+                for j in range(q * H + u0, q * H + u1):
+                    zr[j] += x[j]
+    for k in range(0, K - K % 4, 4):
+        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
+        for r in range(B):
+            zr = z[r]
+            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
+            for q in range(4):
+                for j in range(q * H + u0, q * H + u1):
+                    zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+    for k in range(K - K % 4, K):
+        w0 = Ml[k]
+        for r in range(B):
+            zr = z[r]
+            x0 = xh[r, k]
+            for q in range(4):
+                for j in range(q * H + u0, q * H + u1):
+                    zr[j] += x0 * w0[j]
+    for r in range(B):
+        zr = z[r]
+        hr = h[layer, r]
+        cr = c[layer, r]
+        for j in range(u0, u1):
+            zr[j] = sigmoid(zr[j])
+        for j in range(H + u0, H + u1):
+            zr[j] = sigmoid(zr[j])
+        for j in range(2 * H + u0, 2 * H + u1):
+            zr[j] = tanh(zr[j])
+        for j in range(3 * H + u0, 3 * H + u1):
+            zr[j] = sigmoid(zr[j])
+        for j in range(u0, u1):
+            cell = zr[H + j] * cr[j] + zr[j] * zr[2 * H + j]
+            cr[j] = cell
+            hr[j] = zr[3 * H + j] * tanh(cell)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def generate_steps_parallel(
+    out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
+    head_b, temperature, top_k, top_p, parts,
+):  # fmt: skip
+    """generate_steps with each layer's units split into `parts` groups run in parallel
+    (numba's threads; set their number with numba.set_num_threads). Same arguments, same
+    results."""
+    L, B, H = h.shape
+    V = logits.shape[1]
+    S = inputs.size
+    for t in range(S + out.shape[0]):
+        if t < S:
+            for r in range(B):
+                tokens[r] = inputs[t]
+        else:
+            sample_tokens(out[t - S], probs, order, logits, uniforms[t - S], temperature, top_k, top_p)
+            for r in range(B):
+                tokens[r] = out[t - S, r]
+        for layer in range(L):
+            below = 0 if layer == 0 else H
+            for r in range(B):
+                if layer > 0:
+                    for k in range(H):
+                        xh[r, k] = h[layer - 1, r, k]
+                for k in range(H):
+                    xh[r, below + k] = h[layer, r, k]
+            for part in prange(parts):
+                u0 = part * H // parts
+                u1 = (part + 1) * H // parts
+                _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, u0, u1)
+        for r in range(B):
+            row = logits[r]
+            top = h[L - 1, r]
+            for v in range(V):
+                row[v] = head_b[v]
+            for k in range(H):
+                hk = top[k]
+                w = head_W[k]
+                for v in range(V):
+                    row[v] += hk * w[v]
 
 
 # --------------------------------------------------------------------------------------------

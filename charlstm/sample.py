@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from . import kernels
@@ -60,6 +61,7 @@ def _is_number(value: object) -> bool:
 
 
 MAX_SAMPLES = 100_000  # samples run as one batch: their states and texts are held together
+MAX_THREADS = 256  # more than numba has are capped to what it has (its pool's size)
 
 
 def check_options(
@@ -71,6 +73,7 @@ def check_options(
     num_samples: int = 1,
     stop: str | None = None,
     random_seed: int | None = None,
+    threads: int = 1,
 ) -> None:
     """Raise ConfigError for the first option out of range (before any model is loaded)."""
     if not _is_int(length) or length < 0:
@@ -87,6 +90,8 @@ def check_options(
         raise ConfigError(f"stop must be a non-empty string, got {stop!r}")
     if random_seed is not None and (not _is_int(random_seed) or random_seed < 0):
         raise ConfigError(f"random seed must be a whole number >= 0, got {random_seed!r}")
+    if not _is_int(threads) or not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"threads must be a whole number in [1, {MAX_THREADS}], got {threads!r}")
 
 
 def clean_seed(vocab: Vocab, seed: str, skip_unknown: bool = False) -> str:
@@ -170,8 +175,9 @@ def _stacked(flat: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarra
 class _State:
     """The state of B streams and the kernels' work buffers, reused by every call."""
 
-    def __init__(self, layout: StepLayout, batch: int):
+    def __init__(self, layout: StepLayout, batch: int, threads: int = 1):
         config, dtype = layout.config, layout.dtype
+        self.threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, config.hidden))
         L, B, H, V = config.layers, batch, config.hidden, config.vocab_size
         self.h = np.zeros((L, B, H), dtype=dtype)
         self.c = np.zeros((L, B, H), dtype=dtype)
@@ -199,10 +205,15 @@ class _State:
 
     def _run(self, layout, ids, n, temperature, k, p) -> np.ndarray:
         s = self
-        kernels.generate_steps(
+        args = (
             s.out[:n], s.logits, s.h, s.c, s.z, s.xh, s.probs, s.order, s.tokens, ids, s.uniforms[:n],
             *layout.weights(), temperature, k, p,
         )  # fmt: skip
+        if s.threads == 1:
+            kernels.generate_steps(*args)
+        else:
+            numba.set_num_threads(s.threads)
+            kernels.generate_steps_parallel(*args, s.threads)
         return s.out[:n]
 
 
@@ -255,10 +266,11 @@ def _generate(
     stop: str | None = None,
     on_text: TextFn | None = None,
     skip_unknown: bool = False,
+    threads: int = 1,
 ) -> list[str]:
     check_options(
         length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-        num_samples=num_samples, stop=stop, random_seed=random_seed,
+        num_samples=num_samples, stop=stop, random_seed=random_seed, threads=threads,
     )  # fmt: skip
     if vocab.size != layout.config.vocab_size:
         raise ConfigError(f"the vocabulary has {vocab.size} characters, the model {layout.config.vocab_size}")
@@ -271,7 +283,7 @@ def _generate(
     p = 1.0 if top_p is None else float(top_p)
     # One generator per sample, so sample b is the same text whatever num_samples is.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(random_seed).spawn(num_samples)]
-    state = _State(layout, num_samples)
+    state = _State(layout, num_samples, threads)
     state.read(layout, ids)
     done = 0
     while done < length and not texts.finished:
@@ -297,6 +309,7 @@ def generate(
     stop: str | None = None,
     on_text: TextFn | None = None,
     skip_unknown: bool = False,
+    threads: int = 1,
 ) -> list[str]:
     """Read `seed` (empty: a newline), then write `length` characters, num_samples times.
 
@@ -307,12 +320,15 @@ def generate(
     and sample b does not depend on num_samples. on_text(b, piece) receives each sample's
     text as it is written. Bad values raise ConfigError; unknown seed characters raise
     UnknownCharactersError, or with skip_unknown are dropped with an UnknownCharactersWarning
-    (a `warnings` warning: notebooks show it, the CLI prints it as one line).
+    (a `warnings` warning: notebooks show it, the CLI prints it as one line). threads > 1
+    splits each layer's units over that many cores (numba's threads, at most as many as it
+    has): faster for wide models on otherwise idle cores, and the same text.
     """
     return _generate(
         step_layout(params), vocab, seed, length,
         temperature=temperature, top_k=top_k, top_p=top_p, random_seed=random_seed,
         num_samples=num_samples, stop=stop, on_text=on_text, skip_unknown=skip_unknown,
+        threads=threads,
     )  # fmt: skip
 
 
@@ -341,10 +357,10 @@ class Model:
         """`generate(params, vocab, seed, length, **options)` for this model."""
         return _generate(self.layout, self.vocab, seed, length, **options)
 
-    def warm_up(self, num_samples: int = 1) -> None:
+    def warm_up(self, num_samples: int = 1, threads: int = 1) -> None:
         """Compile the generation kernels for this model's shapes, or load them from numba's
         cache (what the first generate call would do, without generating anything)."""
-        _State(self.layout, num_samples).read(self.layout, np.empty(0, dtype=np.int64))
+        _State(self.layout, num_samples, threads).read(self.layout, np.empty(0, dtype=np.int64))
 
     def __repr__(self) -> str:
         c = self.config

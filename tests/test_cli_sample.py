@@ -95,7 +95,7 @@ def test_json(model_path, params):
     assert document["model"] == str(model_path)
     assert document["options"] == {
         "seed": "b", "length": 20, "stop": None, "temperature": 0.8, "top_k": None,
-        "top_p": None, "random_seed": 2, "num_samples": 2,
+        "top_p": None, "random_seed": 2, "num_samples": 2, "threads": 1,
     }  # fmt: skip
     assert document["samples"] == sample.generate(params, VOCAB, "b", 20, random_seed=2, num_samples=2)
 
@@ -144,10 +144,18 @@ def test_skip_unknown_warns_and_drops_them(model_path, params):
         (["--random-seed", "-1"], "random seed"),
         (["--stop", ""], "stop"),
         (["--length", "many"], "--length"),
+        (["--threads", "0"], "threads"),
     ],
 )
 def test_bad_values(model_path, args, fragment):
     one_error_line(invoke("--model", model_path, *args), fragment)
+
+
+def test_threads_print_the_same_text(model_path):
+    args = ("--model", model_path, "--seed", "ab", "--length", 90, "--random-seed", 3)
+    one, two = invoke(*args), invoke(*args, "--threads", 2)
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    assert two.stdout == one.stdout
 
 
 def test_missing_model(tmp_path):

@@ -106,6 +106,26 @@ def test_same_random_seed_same_text():
     assert sample.generate(params, VOCAB, "ab", 150, random_seed=7)[0] == first[0]
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_write_the_same_text(name, threads):
+    """Splitting each layer's units over threads keeps every sum in the same order: the same
+    characters, bit for bit the same state."""
+    params = make_params(CONFIGS[name], dtype=np.float64)
+    options = {"random_seed": 5, "num_samples": 2, "temperature": 1.0}
+    one = sample.generate(params, VOCAB, "abc", 130, **options)
+    many = sample.generate(params, VOCAB, "abc", 130, threads=threads, **options)
+    assert many == one
+    layout = sample.step_layout(params)
+    states = []
+    for n in (1, threads):
+        state = sample._State(layout, 2, n)
+        state.read(layout, VOCAB.encode("abc, def"))
+        states.append((state.h.copy(), state.c.copy(), state.logits.copy()))
+    for a, b in zip(*states, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def greedy_reference(params, seed, length):
     """Argmax decoding written with model.forward, one character at a time."""
     config = params.config
@@ -270,6 +290,9 @@ def test_skip_unknown_drops_them_with_a_warning():
         {"num_samples": 0},
         {"stop": ""},
         {"random_seed": -3},
+        {"threads": 0},
+        {"threads": 1.5},
+        {"threads": sample.MAX_THREADS + 1},
     ],
 )
 def test_bad_values_raise_config_error(options):
