@@ -460,10 +460,11 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
 # Layer l reads M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat
 # buffer) as x·Wx + h·Wh = [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which
 # vectorises along the row. Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot),
-# is a row of a (V, 4H) table. Every z[j] sums in the same order whatever the batch or the
-# vector width, and nothing uses fastmath, so a random seed gives the same text on any machine
-# with the same library versions. One thread: splitting a layer between threads needs them to
-# meet at every layer, which costs more than it saves whenever other programs share the cores.
+# is a row of a (V, 4H) table. The rows of M are summed in two halves, each into its own
+# buffer, then added: one thread does both halves, two threads one each (generate_steps_parallel,
+# each streaming its own contiguous half of M). Every z[j] sums in the same order whatever the
+# batch, the vector width or the thread count, and nothing uses fastmath, so a random seed
+# gives the same text on any machine with the same library versions.
 
 
 @njit(cache=True, error_model="numpy")
@@ -484,45 +485,63 @@ def embed_projection(out, embed, Wx):
 
 
 @njit(cache=True, error_model="numpy")
-def _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer):
-    """Advance one layer one step in every stream: h, c (L, B, H) in place.
+def _row_half(K):
+    """Where the rows of a (K, 4H) M split into the two halves (a multiple of 4)."""
+    return K // 2 - (K // 2) % 4
 
-    z (B, 4H) work: pre-activations; xh (B, >=K) = [input; h before the step], the K rows of
-    M[layer] (K, 4H). Rows of M are added four at a time, always grouped the same way. Loops
-    run over slices from 0, so that LLVM sees unit strides and vectorises them.
-    """
+
+@njit(cache=True, error_model="numpy")
+def _add_rows(zp, xh, Ml, k0, k1):
+    """zp (B, 4H) = xh[:, k0:k1] · Ml[k0:k1]: rows of Ml (K, 4H) scaled by xh (B, >=K), added
+    four at a time, always grouped the same way. Loops run over slices from 0, so that LLVM
+    sees unit strides and vectorises them."""
+    B, G = zp.shape
+    for r in range(B):
+        zr = zp[r]
+        for j in range(G):
+            zr[j] = 0.0
+    k4 = k1 - (k1 - k0) % 4
+    for k in range(k0, k4, 4):
+        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
+        for r in range(B):
+            zr = zp[r]
+            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
+            for j in range(G):
+                zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+    for k in range(k4, k1):
+        w0 = Ml[k]
+        for r in range(B):
+            zr = zp[r]
+            x0 = xh[r, k]
+            for j in range(G):
+                zr[j] += x0 * w0[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _finish_layer(h, c, z, tokens, table, bias, layer):
+    """z[0] (B, 4H) = bias (+ the input table row, layer 0) + z[1] + z[2] (the two halves of
+    [x; h]·M), activated; then the layer's h, c (in h, c (L, B, H)) advance one step."""
     L, B, H = h.shape
     G = 4 * H
-    Ml = M[layer]
-    K = Ml.shape[0]
     b = bias[layer]
     for r in range(B):
-        zr = z[r]
+        zr = z[0, r]
+        p0 = z[1, r]
+        p1 = z[2, r]
         for j in range(G):
             zr[j] = b[j]
         if layer == 0:
             x = table[tokens[r]]
             for j in range(G):
                 zr[j] += x[j]
-    for k in range(0, K - K % 4, 4):
-        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
-        for r in range(B):
-            zr = z[r]
-            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
-            for j in range(G):
-                zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
-    for k in range(K - K % 4, K):
-        w0 = Ml[k]
-        for r in range(B):
-            zr = z[r]
-            x0 = xh[r, k]
-            for j in range(G):
-                zr[j] += x0 * w0[j]
-    for r in range(B):
-        zi = z[r, :H]
-        zf = z[r, H : 2 * H]
-        zg = z[r, 2 * H : 3 * H]
-        zo = z[r, 3 * H :]
+        for j in range(G):
+            zr[j] += p0[j]
+        for j in range(G):
+            zr[j] += p1[j]
+        zi = zr[:H]
+        zf = zr[H : 2 * H]
+        zg = zr[2 * H : 3 * H]
+        zo = zr[3 * H :]
         hr = h[layer, r]
         cr = c[layer, r]
         # Contiguous loops with one activation each, so LLVM can vectorise them.
@@ -541,26 +560,23 @@ def _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer):
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
-    """Read one character per stream through every layer and the head; allocates nothing.
+def _load_xh(xh, h, layer):
+    """xh (B, >=K) = [the layer below's h; this layer's h] (layer 0: its h alone)."""
+    L, B, H = h.shape
+    below = 0 if layer == 0 else H  # width of the input part of xh
+    for r in range(B):
+        if layer > 0:
+            for k in range(H):
+                xh[r, k] = h[layer - 1, r, k]
+        for k in range(H):
+            xh[r, below + k] = h[layer, r, k]
 
-    logits (B, V) out: the scores of the next character
-    h, c   (L, B, H) the state, advanced in place
-    z (B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
-    table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
-      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
-    """
+
+@njit(cache=True, error_model="numpy")
+def _head(logits, h, head_W, head_b):
+    """logits (B, V) = h[L-1] (B, H) · head_W (H, V) + head_b."""
     L, B, H = h.shape
     V = logits.shape[1]
-    for layer in range(L):
-        below = 0 if layer == 0 else H  # width of the input part of xh
-        for r in range(B):
-            if layer > 0:
-                for k in range(H):
-                    xh[r, k] = h[layer - 1, r, k]
-            for k in range(H):
-                xh[r, below + k] = h[layer, r, k]
-        _lstm_layer(h, c, z, xh, tokens, table, M, bias, layer)
     for r in range(B):
         out = logits[r]
         top = h[L - 1, r]
@@ -571,6 +587,28 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
             w = head_W[k]
             for v in range(V):
                 out[v] += hk * w[v]
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
+    """Read one character per stream through every layer and the head; allocates nothing.
+
+    logits (B, V) out: the scores of the next character
+    h, c   (L, B, H) the state, advanced in place
+    z (3, B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
+    table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
+      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
+    """
+    L = h.shape[0]
+    for layer in range(L):
+        _load_xh(xh, h, layer)
+        Ml = M[layer]
+        K = Ml.shape[0]
+        mid = _row_half(K)
+        _add_rows(z[1], xh, Ml, 0, mid)
+        _add_rows(z[2], xh, Ml, mid, K)
+        _finish_layer(h, c, z, tokens, table, bias, layer)
+    _head(logits, h, head_W, head_b)
 
 
 @njit(cache=True, error_model="numpy")
@@ -680,105 +718,37 @@ def generate_steps(
         lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b)
 
 
-# Two cores: the units of each layer are split between threads, each adding its own columns of
-# M (all four gates of its units, so it also updates their memory), and the threads meet once
-# per layer. Every column sums in the same order as in _lstm_layer, so the text is the same
-# with any number of threads. Worth it only when nothing else runs on the cores: a thread the
-# system puts to sleep holds the other one up at every layer.
-
-
-@njit(cache=True, error_model="numpy")
-def _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, u0, u1):
-    """_lstm_layer for the units u0..u1-1 only (their i, f, g, o columns), in the same order."""
-    L, B, H = h.shape
-    Ml = M[layer]
-    K = Ml.shape[0]
-    b = bias[layer]
-    for r in range(B):
-        zr = z[r]
-        for q in range(4):
-            for j in range(q * H + u0, q * H + u1):
-                zr[j] = b[j]
-        if layer == 0:
-            x = table[tokens[r]]
-            for q in range(4):
-                for j in range(q * H + u0, q * H + u1):
-                    zr[j] += x[j]
-    for k in range(0, K - K % 4, 4):
-        w0, w1, w2, w3 = Ml[k], Ml[k + 1], Ml[k + 2], Ml[k + 3]
-        for r in range(B):
-            zr = z[r]
-            x0, x1, x2, x3 = xh[r, k], xh[r, k + 1], xh[r, k + 2], xh[r, k + 3]
-            for q in range(4):
-                for j in range(q * H + u0, q * H + u1):
-                    zr[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
-    for k in range(K - K % 4, K):
-        w0 = Ml[k]
-        for r in range(B):
-            zr = z[r]
-            x0 = xh[r, k]
-            for q in range(4):
-                for j in range(q * H + u0, q * H + u1):
-                    zr[j] += x0 * w0[j]
-    for r in range(B):
-        zr = z[r]
-        hr = h[layer, r]
-        cr = c[layer, r]
-        for j in range(u0, u1):
-            zr[j] = sigmoid(zr[j])
-        for j in range(H + u0, H + u1):
-            zr[j] = sigmoid(zr[j])
-        for j in range(2 * H + u0, 2 * H + u1):
-            zr[j] = tanh(zr[j])
-        for j in range(3 * H + u0, 3 * H + u1):
-            zr[j] = sigmoid(zr[j])
-        for j in range(u0, u1):
-            cell = zr[H + j] * cr[j] + zr[j] * zr[2 * H + j]
-            cr[j] = cell
-            hr[j] = zr[3 * H + j] * tanh(cell)
-
-
 @njit(cache=True, error_model="numpy", parallel=True)
 def generate_steps_parallel(
     out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
-    head_b, temperature, top_k, top_p, parts,
+    head_b, temperature, top_k, top_p,
 ):  # fmt: skip
-    """generate_steps with each layer's units split into `parts` groups run in parallel
-    (numba's threads; set their number with numba.set_num_threads). Same arguments, same
-    results."""
-    L, B, H = h.shape
-    V = logits.shape[1]
+    """generate_steps with the two halves of each layer's rows on two threads (numba's; they
+    meet once per layer). The same arguments and, bit for bit, the same results. Worth it for
+    wide models when nothing else runs on the cores: a thread the system puts to sleep holds
+    the other one up at every layer."""
+    L = h.shape[0]
     S = inputs.size
     for t in range(S + out.shape[0]):
         if t < S:
-            for r in range(B):
+            for r in range(tokens.size):
                 tokens[r] = inputs[t]
         else:
             sample_tokens(out[t - S], probs, order, logits, uniforms[t - S], temperature, top_k, top_p)
-            for r in range(B):
+            for r in range(tokens.size):
                 tokens[r] = out[t - S, r]
         for layer in range(L):
-            below = 0 if layer == 0 else H
-            for r in range(B):
-                if layer > 0:
-                    for k in range(H):
-                        xh[r, k] = h[layer - 1, r, k]
-                for k in range(H):
-                    xh[r, below + k] = h[layer, r, k]
-            for part in prange(parts):
-                u0 = part * H // parts
-                u1 = (part + 1) * H // parts
-                _lstm_units(h, c, z, xh, tokens, table, M, bias, layer, u0, u1)
-        for r in range(B):
-            row = logits[r]
-            top = h[L - 1, r]
-            for v in range(V):
-                row[v] = head_b[v]
-            for k in range(H):
-                hk = top[k]
-                w = head_W[k]
-                for v in range(V):
-                    row[v] += hk * w[v]
+            _load_xh(xh, h, layer)
+            Ml = M[layer]
+            K = Ml.shape[0]
+            mid = _row_half(K)
+            for half in prange(2):
+                if half == 0:
+                    _add_rows(z[1], xh, Ml, 0, mid)
+                else:
+                    _add_rows(z[2], xh, Ml, mid, K)
+            _finish_layer(h, c, z, tokens, table, bias, layer)
+        _head(logits, h, head_W, head_b)
 
 
 # --------------------------------------------------------------------------------------------

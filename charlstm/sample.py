@@ -177,11 +177,11 @@ class _State:
 
     def __init__(self, layout: StepLayout, batch: int, threads: int = 1):
         config, dtype = layout.config, layout.dtype
-        self.threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, config.hidden))
+        self.threads = 2 if threads > 1 and numba.config.NUMBA_NUM_THREADS > 1 else 1
         L, B, H, V = config.layers, batch, config.hidden, config.vocab_size
         self.h = np.zeros((L, B, H), dtype=dtype)
         self.c = np.zeros((L, B, H), dtype=dtype)
-        self.z = np.empty((B, 4 * H), dtype=dtype)
+        self.z = np.empty((3, B, 4 * H), dtype=dtype)  # pre-activations, two partial sums
         self.xh = np.empty((B, 2 * H), dtype=dtype)
         self.logits = np.empty((B, V), dtype=dtype)
         self.probs = np.empty((B, V), dtype=np.float64)
@@ -213,7 +213,7 @@ class _State:
             kernels.generate_steps(*args)
         else:
             numba.set_num_threads(s.threads)
-            kernels.generate_steps_parallel(*args, s.threads)
+            kernels.generate_steps_parallel(*args)
         return s.out[:n]
 
 
@@ -320,9 +320,9 @@ def generate(
     and sample b does not depend on num_samples. on_text(b, piece) receives each sample's
     text as it is written. Bad values raise ConfigError; unknown seed characters raise
     UnknownCharactersError, or with skip_unknown are dropped with an UnknownCharactersWarning
-    (a `warnings` warning: notebooks show it, the CLI prints it as one line). threads > 1
-    splits each layer's units over that many cores (numba's threads, at most as many as it
-    has): faster for wide models on otherwise idle cores, and the same text.
+    (a `warnings` warning: notebooks show it, the CLI prints it as one line). threads 2 (or
+    more) splits each layer's weights between two cores: faster for wide models on otherwise
+    idle cores, and the same text.
     """
     return _generate(
         step_layout(params), vocab, seed, length,

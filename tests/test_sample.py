@@ -71,7 +71,7 @@ def test_step_kernel_logits_equal_forward(name, dtype):
     layout = sample.step_layout(params)
     L, H, V = config.layers, config.hidden, config.vocab_size
     h, c = zero_state(config, B, dtype)
-    z, xh = np.empty((B, 4 * H), dtype), np.empty((B, 2 * H), dtype)
+    z, xh = np.empty((3, B, 4 * H), dtype), np.empty((B, 2 * H), dtype)
     logits = np.empty((B, V), dtype)
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for t in range(T):
@@ -109,8 +109,8 @@ def test_same_random_seed_same_text():
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_write_the_same_text(name, threads):
-    """Splitting each layer's units over threads keeps every sum in the same order: the same
-    characters, bit for bit the same state."""
+    """Splitting each layer's rows between two threads keeps every sum in the same order: the
+    same characters, bit for bit the same state."""
     params = make_params(CONFIGS[name], dtype=np.float64)
     options = {"random_seed": 5, "num_samples": 2, "temperature": 1.0}
     one = sample.generate(params, VOCAB, "abc", 130, **options)
