@@ -85,7 +85,7 @@ def _sigmoid_overload(x):
 # LSTM layer
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
     """Run one LSTM layer over a window, keeping what backward needs.
 
@@ -130,7 +130,7 @@ def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
 # becomes one large product over the (feature, T*B) sequences. Inference keeps lstm_forward.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_train_forward(h_seq, c_seq, h_prev_seq, gates, WhT, b, h0, c0):
     """lstm_forward in the feature-major layout, keeping what lstm_train_backward needs.
 
@@ -177,7 +177,7 @@ def lstm_train_forward(h_seq, c_seq, h_prev_seq, gates, WhT, b, h0, c0):
                 hs[r] = hv
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_train_backward(dz, db, dh_seq, gates, c_seq, Wh, c0):
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0).
 
@@ -234,19 +234,19 @@ def lstm_train_backward(dz, db, dh_seq, gates, c_seq, Wh, c0):
 # BLAS would start a second thread pool whose spinning threads fight this one for the cores.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def matmul(out, a, b):
     """out (M, N) = a (M, K) · b (K, N); a and b may be transposed views."""
     np.dot(a, b, out)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def matmul_add(out, a, b):
     """out (M, N) += a (M, K) · b (K, N)."""
     out += np.dot(a, b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def add_row_vector(a, v):
     """a (M, N) += v (N,) on every row (adding a bias)."""
     M, N = a.shape
@@ -255,7 +255,7 @@ def add_row_vector(a, v):
             a[m, n] += v[n]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def add_row_sums(out, a):
     """out (M,) += a (M, N) summed along each row (bias gradients, feature-major)."""
     M, N = a.shape
@@ -267,7 +267,7 @@ def add_row_sums(out, a):
         out[m] += acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def add_column_vector(a, v):
     """a (M, N) += v (M,) on every column (adding a bias, feature-major)."""
     M, N = a.shape
@@ -282,7 +282,7 @@ def add_column_vector(a, v):
 # Inputs and outputs of the stack
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def gather_rows(out, table, tokens):
     """out (N, D) = table[tokens]; tokens (N,) int. Embedding lookup, or one-hot times Wx."""
     N, D = out.shape
@@ -292,7 +292,7 @@ def gather_rows(out, table, tokens):
             out[n, k] = row[k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def scatter_add_rows(dtable, grad_rows, tokens):
     """dtable[tokens[n]] += grad_rows[n]: the backward of gather_rows."""
     N, D = grad_rows.shape
@@ -302,7 +302,7 @@ def scatter_add_rows(dtable, grad_rows, tokens):
             row[k] += grad_rows[n, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def gather_columns(out, table_T, tokens):
     """out (D, N) = table_T[:, tokens]; table_T (D, V), tokens (N,). gather_rows, transposed."""
     D, N = out.shape
@@ -313,7 +313,7 @@ def gather_columns(out, table_T, tokens):
             dst[n] = row[tokens[n]]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def scatter_add_columns(dtable_T, grad_cols, tokens):
     """dtable_T[:, tokens[n]] += grad_cols[:, n]: the backward of gather_columns."""
     D, N = grad_cols.shape
@@ -324,7 +324,7 @@ def scatter_add_columns(dtable_T, grad_cols, tokens):
             row[tokens[n]] += src[n]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def apply_dropout(out, x, mask):
     """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout). Any layout:
     the row-major inference pass reads the feature-major masks through a transposed view."""
@@ -335,7 +335,7 @@ def apply_dropout(out, x, mask):
                 out[p, q, r] = x[p, q, r] * mask[p, q, r]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def softmax_cross_entropy(dlogits, logits, targets):
     """Mean cross-entropy (nats) of logits (N, V) against targets (N,); its gradient goes to
     dlogits (N, V) (already divided by N). Safe for any finite logits (max subtracted)."""
@@ -360,7 +360,7 @@ def softmax_cross_entropy(dlogits, logits, targets):
     return total / N
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def softmax_cross_entropy_columns(dlogits, logits, targets):
     """softmax_cross_entropy for logits stored (V, N), one column per character: the same
     mean loss and gradient (V, N), with the inner loops running along N (vectorised)."""
@@ -392,7 +392,7 @@ def softmax_cross_entropy_columns(dlogits, logits, targets):
     return total / N
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def token_log_probs(out, logits, targets):
     """out (N,) = log softmax(logits)[n, targets[n]] in float64: per-character log-likelihood."""
     N, V = logits.shape
@@ -412,7 +412,7 @@ def token_log_probs(out, logits, targets):
 # Optimisation over the flat parameter buffer
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def global_norm(grad):
     """L2 norm of the flat gradient buffer, accumulated in float64."""
     s = 0.0
@@ -422,7 +422,7 @@ def global_norm(grad):
     return math.sqrt(s)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def clip_grad_norm(grad, max_norm):
     """Scale grad in place so its global L2 norm is at most max_norm; return the norm before."""
     norm = global_norm(grad)
@@ -433,7 +433,7 @@ def clip_grad_norm(grad, max_norm):
     return norm
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight_decay):
     """One Adam update with bias correction (Kingma & Ba) and decoupled weight decay
     (Loshchilov & Hutter) on the flat buffers theta, m, v (P,). step counts from 1.
@@ -467,7 +467,7 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
 # gives the same text on any machine with the same library versions.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def embed_projection(out, embed, Wx):
     """out (V, 4H) = embed (V, E) · Wx (E, 4H): the first layer's input term per character,
     in this section's summation order (and without BLAS, which is slow to load)."""
@@ -484,13 +484,13 @@ def embed_projection(out, embed, Wx):
                 row[j] += x * w[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _row_half(K):
     """Where the rows of a (K, 4H) M split into the two halves (a multiple of 4)."""
     return K // 2 - (K // 2) % 4
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _add_rows(zp, xh, Ml, k0, k1):
     """zp (B, 4H) = xh[:, k0:k1] · Ml[k0:k1]: rows of Ml (K, 4H) scaled by xh (B, >=K), added
     four at a time, always grouped the same way. Loops run over slices from 0, so that LLVM
@@ -517,7 +517,7 @@ def _add_rows(zp, xh, Ml, k0, k1):
                 zr[j] += x0 * w0[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _finish_layer(h, c, z, tokens, table, bias, layer):
     """z[0] (B, 4H) = bias (+ the input table row, layer 0) + z[1] + z[2] (the two halves of
     [x; h]·M), activated; then the layer's h, c (in h, c (L, B, H)) advance one step."""
@@ -559,7 +559,7 @@ def _finish_layer(h, c, z, tokens, table, bias, layer):
             hr[j] = zo[j] * tanh(cell)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _load_xh(xh, h, layer):
     """xh (B, >=K) = [the layer below's h; this layer's h] (layer 0: its h alone)."""
     L, B, H = h.shape
@@ -572,7 +572,7 @@ def _load_xh(xh, h, layer):
             xh[r, below + k] = h[layer, r, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _head(logits, h, head_W, head_b):
     """logits (B, V) = h[L-1] (B, H) · head_W (H, V) + head_b."""
     L, B, H = h.shape
@@ -589,7 +589,7 @@ def _head(logits, h, head_W, head_b):
                 out[v] += hk * w[v]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
     """Read one character per stream through every layer and the head; allocates nothing.
 
@@ -611,13 +611,13 @@ def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
     _head(logits, h, head_W, head_b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _ranks_later(p, a, b):
     """Whether token a ranks after token b: lower probability, or equal and a higher id."""
     return p[a] < p[b] or (p[a] == p[b] and a > b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _sift_down(order, p, root, end):
     while True:
         child = 2 * root + 1
@@ -631,7 +631,7 @@ def _sift_down(order, p, root, end):
         root = child
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rank_tokens(order, p):
     """order (V,) = token ids from most to least probable under p (V,) (ties: lower id
     first). Heapsort: in place, O(V log V), no allocation."""
@@ -645,7 +645,7 @@ def _rank_tokens(order, p):
         _sift_down(order, p, 0, end)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p):
     """out (B,) = one character per row of logits (B, V), drawn with uniforms (B,) in [0, 1).
 
@@ -699,7 +699,7 @@ def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p
         out[r] = pick
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def generate_steps(
     out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
     head_b, temperature, top_k, top_p,
@@ -805,7 +805,7 @@ def lstm_forward_stream(h_seq, c_seq, gates, Wh, b, h0, c0):
         c_prev = ct
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def gate_stats_add(below, above, sums, sumsq, forget_bins, gates, left, right):
     """Add one window of one layer's gates (one stream) to running statistics.
 
@@ -834,7 +834,7 @@ def gate_stats_add(below, above, sums, sumsq, forget_bins, gates, left, right):
             forget_bins[bits[j] >> 16] += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def tanh_rows(out, x):
     """out (T, H) = tanh(x (T, H)) with the forward pass's tanh: the memory as h reads it."""
     T, H = x.shape

@@ -3,8 +3,9 @@
 A text is read in windows. In phase p, layer l reads window p - l: layer 0 can start on the
 next window while layer 1 is still on this one, so an L-layer model keeps up to L cores busy
 with no lock per character. Each layer's recurrence is kernels.lstm_forward_stream (no GIL, no
-BLAS); between phases the main thread does the large products (the next layer's input
-projection, the head) with BLAS. Used by gate inspection, where one stream of 20,000
+BLAS), followed on the same thread by what the caller does with that window. Between phases
+the next layers' input projections, large products, are split by rows over the same threads,
+BLAS running on one thread each. Used by gate inspection, where one stream of 20,000
 characters through a 2x512 model would otherwise be one core streaming 4 MB of Wh per step.
 """
 
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import kernels
+from . import blas_threads, kernels
 from .model import Params
 
 # on_layer(layer, start, stop, gates (n, 4H), c (n, H), h (n, H)); n = stop - start
@@ -43,9 +44,13 @@ def run_stream(
     on_logits: LogitsCallback | None = None,
 ) -> None:
     """Read ids (N,) in one stream from the state h, c (L, 1, H), advanced in place to the
-    state after the last character; no dropout. Results arrive window by window through the
-    callbacks (each window of a layer once, in order of windows; the arrays are reused after
-    the call returns). The same numbers as model.forward up to float rounding."""
+    state after the last character; no dropout. The same numbers as model.forward up to float
+    rounding.
+
+    Results arrive window by window through the callbacks: each layer's windows in order, but
+    different layers at once, on different threads (so a callback touches only what belongs to
+    its layer); on_logits on the top layer's thread after its on_layer. The arrays are reused
+    once the call returns."""
     config = params.config
     L, H = config.layers, config.hidden
     N = len(ids)
@@ -69,29 +74,23 @@ def run_stream(
     def span(w: int) -> tuple[int, int]:
         return w * T, min((w + 1) * T, N)
 
-    def project_input(layer: int, w: int) -> None:
-        start, stop = span(w)
-        proj = buffers[layer].gates[w % 2, : stop - start]
-        if layer == 0:
-            kernels.gather_rows(proj, input_table, ids[start:stop])
-        else:
-            below = buffers[layer - 1].h_seq[w % 2, : stop - start]
-            kernels.matmul(proj, below, params[f"lstm.{layer}.Wx"])
+    def project_rows(layer: int, w: int, a: int, b: int) -> None:
+        """Rows a..b-1 of the input projection of layer `layer` (>= 1) for window w."""
+        k = w % 2
+        below = buffers[layer - 1].h_seq[k, a:b]
+        kernels.matmul(buffers[layer].gates[k, a:b], below, params[f"lstm.{layer}.Wx"])
 
-    def recur(layer: int, w: int) -> None:
+    def stage(layer: int, w: int) -> None:
         start, stop = span(w)
-        buf, k = buffers[layer], w % 2
-        n = stop - start
+        buf, k, n = buffers[layer], w % 2, stop - start
+        if layer == 0:
+            kernels.gather_rows(buf.gates[k, :n], input_table, ids[start:stop])
         kernels.lstm_forward_stream(
             buf.h_seq[k, :n], buf.c_seq[k, :n], buf.gates[k, :n],
             params[f"lstm.{layer}.Wh"], params[f"lstm.{layer}.b"], state_h[layer], state_c[layer],
         )  # fmt: skip
         state_h[layer][...] = buf.h_seq[k, n - 1]
         state_c[layer][...] = buf.c_seq[k, n - 1]
-
-    def deliver(layer: int, w: int) -> None:
-        start, stop = span(w)
-        buf, k, n = buffers[layer], w % 2, stop - start
         if on_layer is not None:
             on_layer(layer, start, stop, buf.gates[k, :n], buf.c_seq[k, :n], buf.h_seq[k, :n])
         if layer == L - 1 and on_logits is not None:
@@ -99,19 +98,38 @@ def run_stream(
             kernels.add_row_vector(logits[:n], params["head.b"])
             on_logits(start, stop, logits[:n])
 
-    with ThreadPoolExecutor(max_workers=max(1, L - 1)) as pool:
+    def run_all(pool: ThreadPoolExecutor, calls: list[tuple]) -> None:
+        """Each call on its own thread (the last on this one); wait for all, raise the first error."""
+        futures = [pool.submit(*call) for call in calls[:-1]]
+        error = None
+        try:
+            calls[-1][0](*calls[-1][1:])
+        except BaseException as exc:  # still join the others before raising
+            error = exc
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    workers = max(1, L - 1)
+    with blas_threads.limited_to(1), ThreadPoolExecutor(max_workers=workers) as pool:
         for phase in range(n_windows + L - 1):
             stages = [(layer, phase - layer) for layer in range(L) if 0 <= phase - layer < n_windows]
-            for layer, w in stages:
-                project_input(layer, w)
-            # The last stage on this thread, the others on the pool; all join before the next
-            # phase reads what they wrote.
-            futures = [pool.submit(recur, layer, w) for layer, w in stages[:-1]]
-            recur(*stages[-1])
-            for future in futures:
-                future.result()
-            for layer, w in stages:
-                deliver(layer, w)
+            run_all(pool, [(stage, layer, w) for layer, w in stages])
+            # The windows the layers above read next phase: split by rows over the threads.
+            projections = []
+            for layer in range(1, L):
+                w = phase + 1 - layer
+                if 0 <= w < n_windows:
+                    start, stop = span(w)
+                    cuts = np.linspace(0, stop - start, workers + 2).astype(int)
+                    pieces = zip(cuts[:-1], cuts[1:], strict=True)
+                    projections += [(project_rows, layer, w, a, b) for a, b in pieces if b > a]
+            if projections:
+                run_all(pool, projections)
 
     for layer in range(L):
         h[layer, 0] = state_h[layer]

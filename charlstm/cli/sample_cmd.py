@@ -58,7 +58,7 @@ def sample_command(
     ] = False,
     threads: Annotated[
         int,
-        typer.Option(help="2: split each layer between two cores (faster for wide models on idle cores; same text)."),
+        typer.Option(help="2: split each layer between two cores (faster for wide models; same text)."),
     ] = 1,
 ) -> None:
     """Print SEED, then what the model writes after it (an empty seed starts from a newline)."""
