@@ -33,6 +33,15 @@ class OneLineErrorsGroup(TyperGroup):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx):
+        # Inside click's own handler, which would turn a closed pipe into exit code 1: the
+        # reader (`head`) having had enough is a normal end, so exit 0 without a word.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _silence_broken_pipe()
+            raise typer.Exit(0) from None
+
 
 def _first_line(message: str) -> str:
     return " ".join(message.strip().split("\n")[0].split()) or "unknown error"
