@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -75,7 +76,8 @@ def save_checkpoint(
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        # The writer's PID in the name tells a later save which leftovers are stale.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
     try:
@@ -92,7 +94,30 @@ def save_checkpoint(
             raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
         raise
     _fsync_folder(folder)
+    _remove_stale_temp_files(path)
     return path
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete the temporary files of earlier writes of `path` that were killed midway (their
+    writer's process is gone); a write still under way elsewhere is left alone."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent if str(path.parent) else "."):
+            match = pattern.fullmatch(entry.name)
+            if match and not _process_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True  # someone else's process, or a PID we cannot ask about: keep its file
+    return True
 
 
 def _new_file_mode() -> int:

@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -79,6 +82,25 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         make_checkpoint(tmp_path)
     assert good.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_save_removes_temp_files_of_writes_killed_midway(tmp_path):
+    """A SIGKILL mid-write leaves `.NAME.PID.XXXX.tmp`; the next save of NAME deletes those
+    whose writer is gone, and nothing else."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(done.stdout)  # that process has exited
+    live_pid = os.getppid()  # a process that is still running: a write may be under way there
+    leftovers = {
+        f".model.npz.{dead_pid}.k2j_x9.tmp": False,  # stale: removed
+        f".model.npz.{live_pid}.a8b7c6.tmp": True,  # someone else's write: kept
+        f".other.npz.{dead_pid}.k2j_x9.tmp": True,  # another checkpoint's: kept
+        "notes.tmp": True,
+    }
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    make_checkpoint(tmp_path)
+    expected = {name for name, kept in leftovers.items() if kept} | {"model.npz"}
+    assert {p.name for p in tmp_path.iterdir()} == expected
 
 
 def test_unwritable_folder_is_a_checkpoint_error(tmp_path):
