@@ -124,90 +124,117 @@ def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
         c_prev = ct
 
 
-# Training runs the layer in the feature-major layout: a step's gates are a (4H, B) block and
-# the recurrent product is Wh.T (4H, H) · h (H, B). BLAS runs that shape about 30% faster than
-# (B, H) · (H, 4H) (its packing cost falls on the small operand), and every weight gradient
-# becomes one large product over the (feature, T*B) sequences. Inference keeps lstm_forward.
+# Training feeds BLAS feature-major sequences: the gates' input projection Wx.T·x (4H, T*B),
+# h (H, T*B) and dz (4H, T*B), so that the input projection and every weight gradient are
+# one large product over the window. The recurrence itself walks step by step, and there a
+# step's gates are 4H rows of B values T*B apart: touching them strided costs more than the
+# arithmetic. So the step kernels keep what they walk step-major, (T, 4H, B) and (T, H, B),
+# one contiguous block per step, and copy to and from the feature-major sequences once per
+# window (t innermost, so each copy reads or writes whole rows). The recurrent product is
+# Wh.T (4H, H) · h (H, B): BLAS runs that shape about 30% faster than (B, H) · (H, 4H).
+# Inference keeps lstm_forward.
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def lstm_train_forward(h_seq, c_seq, h_prev_seq, gates, WhT, b, h0, c0):
-    """lstm_forward in the feature-major layout, keeping what lstm_train_backward needs.
+def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, proj, WhT, b, h0, c0):
+    """lstm_forward for training, keeping what lstm_train_backward needs.
 
-    gates      (4H, T, B) on entry: the input projection Wx.T·x_t; on exit: activated i, f, g, o
-    h_seq      (H, T, B)  out: hidden state after each step
-    c_seq      (H, T, B)  out: cell memory after each step
+    proj       (4H, T, B) in: the input projection Wx.T·x_t (left unchanged)
+    act        (T, 4H, B) out: activated i, f, g, o, step-major
+    c_steps    (T, H, B)  out: cell memory after each step, step-major
+    h_seq      (H, T, B)  out: hidden state after each step, feature-major (for BLAS)
     h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
+    h_steps    (T, H, B)  work
     WhT (4H, H) contiguous, b (4H,); h0 and c0 (H, B): the state carried in (left unchanged).
     """
-    G, T, B = gates.shape
+    G, T, B = proj.shape
     H = G // 4
-    z = np.empty((G, B), dtype=gates.dtype)  # Wh.T · h_{t-1}
+    for k in range(G):  # act[t] = proj[:, t], whole rows of B at a time
+        for t in range(T):
+            src = proj[k, t]
+            dst = act[t, k]
+            for r in range(B):
+                dst[r] = src[r]
+    z = np.empty((G, B), dtype=proj.dtype)  # Wh.T · h_{t-1}
     h = h0.copy()  # (H, B) contiguous: the BLAS operand of the next step
     c = c0.copy()
     for t in range(T):
-        h_prev_seq[:, t, :] = h
         np.dot(WhT, h, z)
+        at = act[t]
         # Loops over the batch, innermost and contiguous, with one activation each (vectorised).
         for k in range(G):
             zk = z[k]
-            gk = gates[k, t]
+            ak = at[k]
             bk = b[k]
             if 2 * H <= k < 3 * H:  # g
                 for r in range(B):
-                    gk[r] = tanh(gk[r] + zk[r] + bk)
+                    ak[r] = tanh(ak[r] + zk[r] + bk)
             else:  # i, f, o
                 for r in range(B):
-                    gk[r] = sigmoid(gk[r] + zk[r] + bk)
+                    ak[r] = sigmoid(ak[r] + zk[r] + bk)
         for j in range(H):
-            i = gates[j, t]
-            f = gates[H + j, t]
-            g = gates[2 * H + j, t]
-            o = gates[3 * H + j, t]
+            i = at[j]
+            f = at[H + j]
+            g = at[2 * H + j]
+            o = at[3 * H + j]
             hj = h[j]
             cj = c[j]
-            hs = h_seq[j, t]
-            cs = c_seq[j, t]
             for r in range(B):
-                cv = f[r] * cj[r] + i[r] * g[r]
-                cj[r] = cv
-                cs[r] = cv
-                hv = o[r] * tanh(cv)
-                hj[r] = hv
-                hs[r] = hv
+                cj[r] = f[r] * cj[r] + i[r] * g[r]
+            for r in range(B):
+                hj[r] = o[r] * tanh(cj[r])
+        c_steps[t] = c
+        h_steps[t] = h
+    for j in range(H):  # to the feature-major sequences, whole rows at a time
+        for t in range(T):
+            src = h_steps[t, j]
+            dst = h_seq[j, t]
+            prev = h_prev_seq[j, t]
+            before = h_steps[t - 1, j] if t > 0 else h0[j]
+            for r in range(B):
+                dst[r] = src[r]
+                prev[r] = before[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def lstm_train_backward(dz, db, dh_seq, gates, c_seq, Wh, c0):
+def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps):
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0).
 
-    dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations
+    dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations, feature-major
     db     (4H,): accumulated into
     dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
-    gates, c_seq: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
+    act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
+    dz_steps (T, 4H, B), dh_steps (T, H, B): work, step-major.
     The weight and input gradients follow from dz with one large product each (the caller).
     """
     G, T, B = dz.shape
     H = G // 4
-    dz_t = np.empty((G, B), dtype=dz.dtype)  # contiguous copy of dz[:, t]: the BLAS operand
+    for j in range(H):  # dh_steps[t] = dh_seq[:, t], whole rows at a time
+        for t in range(T):
+            src = dh_seq[j, t]
+            dst = dh_steps[t, j]
+            for r in range(B):
+                dst[r] = src[r]
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
     for t in range(T - 1, -1, -1):
+        at = act[t]
+        dzt = dz_steps[t]
         for j in range(H):
-            i = gates[j, t]
-            f = gates[H + j, t]
-            g = gates[2 * H + j, t]
-            o = gates[3 * H + j, t]
-            cs = c_seq[j, t]
-            cp = c_seq[j, t - 1] if t > 0 else c0[j]
-            dhs = dh_seq[j, t]
+            i = at[j]
+            f = at[H + j]
+            g = at[2 * H + j]
+            o = at[3 * H + j]
+            cs = c_steps[t, j]
+            cp = c_steps[t - 1, j] if t > 0 else c0[j]
+            dhs = dh_steps[t, j]
             dhn = dh_next[j]
             dcj = dc[j]
-            di = dz_t[j]
-            df = dz_t[H + j]
-            dg = dz_t[2 * H + j]
-            do = dz_t[3 * H + j]
+            di = dzt[j]
+            df = dzt[H + j]
+            dg = dzt[2 * H + j]
+            do = dzt[3 * H + j]
             for r in range(B):
                 tc = tanh(cs[r])  # the same function as forward, so gradients match it
                 dh = dhs[r] + dhn[r]
@@ -217,15 +244,16 @@ def lstm_train_backward(dz, db, dh_seq, gates, c_seq, Wh, c0):
                 df[r] = dcv * cp[r] * f[r] * (one - f[r])
                 dg[r] = dcv * i[r] * (one - g[r] * g[r])
                 dcj[r] = dcv * f[r]  # dLoss/dc_{t-1} through this step
-        dz[:, t, :] = dz_t
         if t > 0:
-            np.dot(Wh, dz_t, dh_next)
-    for k in range(G):
+            np.dot(Wh, dzt, dh_next)
+    for k in range(G):  # to the feature-major dz, whole rows at a time, summing db
         acc = 0.0
         for t in range(T):
-            dk = dz[k, t]
+            src = dz_steps[t, k]
+            dst = dz[k, t]
             for r in range(B):
-                acc += dk[r]
+                dst[r] = src[r]
+                acc += src[r]
         db[k] += acc
 
 

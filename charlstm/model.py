@@ -178,13 +178,15 @@ class Workspace:
 
 
 class _TrainBuffers:
-    """The feature-major buffers of one training window (see kernels.lstm_train_forward)."""
+    """The buffers of one training window: feature-major sequences for BLAS, step-major ones
+    for the step kernels (see kernels.lstm_train_forward)."""
 
     def __init__(self, config: ModelConfig, T: int, B: int, dtype: np.dtype):
         H, L, V = config.hidden, config.layers, config.vocab_size
-        self.gates = np.empty((L, 4 * H, T, B), dtype=dtype)  # activated i, f, g, o
+        self.proj = np.empty((4 * H, T, B), dtype=dtype)  # a layer's input projection Wx.T·x
+        self.act = np.empty((L, T, 4 * H, B), dtype=dtype)  # activated i, f, g, o, step-major
+        self.c_steps = np.empty((L, T, H, B), dtype=dtype)  # cell memory, step-major
         self.h_seq = np.empty((L, H, T, B), dtype=dtype)
-        self.c_seq = np.empty((L, H, T, B), dtype=dtype)
         self.h_prev = np.empty((L, H, T, B), dtype=dtype)  # state before each step, for dWh
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
@@ -197,6 +199,8 @@ class _TrainBuffers:
         self.dlogits_T = np.empty((V, T * B), dtype=dtype)
         self.dz = np.empty((4 * H, T, B), dtype=dtype)
         self.dh = np.empty((H, T, B), dtype=dtype)
+        self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
+        self.h_steps = np.empty((T, H, B), dtype=dtype)
 
 
 def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
@@ -277,7 +281,7 @@ def _train_forward(
 
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
-        proj = tb.gates[layer].reshape(4 * H, T * B)  # Wx.T·x, activated in place below
+        proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
         if layer == 0:
             if config.embed == 0:
                 tb.table_T[...] = Wx.T  # one-hot input: column v of Wx.T is character v's
@@ -291,13 +295,13 @@ def _train_forward(
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         kernels.lstm_train_forward(
-            tb.h_seq[layer], tb.c_seq[layer], tb.h_prev[layer], tb.gates[layer],
-            tb.Wh_T, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
+            tb.h_seq[layer], tb.h_prev[layer], tb.act[layer], tb.c_steps[layer], tb.h_steps,
+            tb.proj, tb.Wh_T, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
         )  # fmt: skip
         if ws.dropout_on:
             kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
         h[layer] = tb.h_seq[layer, :, T - 1].T
-        c[layer] = tb.c_seq[layer, :, T - 1].T
+        c[layer] = tb.c_steps[layer, T - 1].T
 
     kernels.matmul(tb.logits_T, params["head.W"].T, _train_output(ws, tb, L - 1))  # (V, T*B)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
@@ -325,8 +329,8 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
             kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer])
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         kernels.lstm_train_backward(
-            tb.dz, grads[f"lstm.{layer}.b"], tb.dh, tb.gates[layer], tb.c_seq[layer],
-            params[f"lstm.{layer}.Wh"], tb.c0[layer],
+            tb.dz, grads[f"lstm.{layer}.b"], tb.dh, tb.act[layer], tb.c_steps[layer],
+            params[f"lstm.{layer}.Wh"], tb.c0[layer], tb.dz_steps, tb.h_steps,
         )  # fmt: skip
         dz = tb.dz.reshape(4 * H, T * B)
         kernels.matmul_add(grads[f"lstm.{layer}.Wh"], tb.h_prev[layer].reshape(H, T * B), dz.T)
