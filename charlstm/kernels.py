@@ -95,33 +95,33 @@ def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
     Wh (H, 4H), b (4H,), h0 and c0 (B, H): the state carried in from the previous window.
     """
     T, B, G = gates.shape
-    H = G // 4
     z_rec = np.empty((B, G), dtype=gates.dtype)  # h_{t-1}·Wh
     h_prev = h0
     c_prev = c0
     for t in range(T):
         np.dot(h_prev, Wh, z_rec)
-        ht = h_seq[t]
-        ct = c_seq[t]
         for r in range(B):
-            # Contiguous loops with one activation each, so LLVM can vectorise them.
-            zr = gates[t, r]
-            rec = z_rec[r]
-            for k in range(2 * H):  # i, f
-                zr[k] = sigmoid(zr[k] + rec[k] + b[k])
-            for k in range(2 * H, 3 * H):  # g
-                zr[k] = tanh(zr[k] + rec[k] + b[k])
-            for k in range(3 * H, 4 * H):  # o
-                zr[k] = sigmoid(zr[k] + rec[k] + b[k])
-            cp = c_prev[r]
-            hr = ht[r]
-            cr = ct[r]
-            for j in range(H):
-                c = zr[H + j] * cp[j] + zr[j] * zr[2 * H + j]
-                cr[j] = c
-                hr[j] = zr[3 * H + j] * tanh(c)
-        h_prev = ht
-        c_prev = ct
+            _cell_step(h_seq[t, r], c_seq[t, r], gates[t, r], z_rec[r], b, c_prev[r])
+        h_prev = h_seq[t]
+        c_prev = c_seq[t]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _cell_step(h, c, z, rec, b, c_prev):
+    """One step of one stream: z (4H,) on entry the input projection, on exit the activated
+    gates act(z + rec + b) (rec: h_prev·Wh); then c (H,) = f*c_prev + i*g, h (H,) = o*tanh(c).
+    Contiguous loops with one activation each, so LLVM can vectorise them."""
+    H = c.shape[0]
+    for k in range(2 * H):  # i, f
+        z[k] = sigmoid(z[k] + rec[k] + b[k])
+    for k in range(2 * H, 3 * H):  # g
+        z[k] = tanh(z[k] + rec[k] + b[k])
+    for k in range(3 * H, 4 * H):  # o
+        z[k] = sigmoid(z[k] + rec[k] + b[k])
+    for j in range(H):
+        cell = z[H + j] * c_prev[j] + z[j] * z[2 * H + j]
+        c[j] = cell
+        h[j] = z[3 * H + j] * tanh(cell)
 
 
 # Training feeds BLAS feature-major sequences: the gates' input projection Wx.T·x (4H, T*B),
@@ -799,38 +799,26 @@ def lstm_forward_stream(h_seq, c_seq, gates, Wh, b, h0, c0):
     T, G = gates.shape
     H = G // 4
     K4 = H - H % 4
-    z = np.empty(G, dtype=gates.dtype)
+    rec = np.empty(G, dtype=gates.dtype)  # h_{t-1}·Wh
     h_prev = h0
     c_prev = c0
     for t in range(T):
-        zt = gates[t]
         for j in range(G):
-            z[j] = zt[j] + b[j]
-        # z += h_prev·Wh, adding rows of Wh four at a time (one pass over Wh, z in L1).
+            rec[j] = 0.0
+        # rec += h_prev·Wh, adding rows of Wh four at a time (one pass over Wh, rec in L1).
         for k in range(0, K4, 4):
             x0, x1, x2, x3 = h_prev[k], h_prev[k + 1], h_prev[k + 2], h_prev[k + 3]
             w0, w1, w2, w3 = Wh[k], Wh[k + 1], Wh[k + 2], Wh[k + 3]
             for j in range(G):
-                z[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
+                rec[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
         for k in range(K4, H):
             x0 = h_prev[k]
             w0 = Wh[k]
             for j in range(G):
-                z[j] += x0 * w0[j]
-        for j in range(2 * H):  # i, f
-            zt[j] = sigmoid(z[j])
-        for j in range(2 * H, 3 * H):  # g
-            zt[j] = tanh(z[j])
-        for j in range(3 * H, G):  # o
-            zt[j] = sigmoid(z[j])
-        ht = h_seq[t]
-        ct = c_seq[t]
-        for j in range(H):
-            cell = zt[H + j] * c_prev[j] + zt[j] * zt[2 * H + j]
-            ct[j] = cell
-            ht[j] = zt[3 * H + j] * tanh(cell)
-        h_prev = ht
-        c_prev = ct
+                rec[j] += x0 * w0[j]
+        _cell_step(h_seq[t], c_seq[t], gates[t], rec, b, c_prev)
+        h_prev = h_seq[t]
+        c_prev = c_seq[t]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
