@@ -480,6 +480,16 @@ def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight
         theta[k] -= step_size * m[k] / (math.sqrt(v[k]) * inv_sqrt_bc2 + eps)
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def average_step(average, theta, decay):
+    """average (P,) = decay * average + (1 - decay) * theta: the running (exponential) average
+    of the weights after each update."""
+    keep = average.dtype.type(decay)
+    take = average.dtype.type(1.0 - decay)
+    for k in range(average.size):
+        average[k] = keep * average[k] + take * theta[k]
+
+
 # --------------------------------------------------------------------------------------------
 # Generation
 #

@@ -32,7 +32,7 @@ DEFAULT_MINUTES = 15.0  # budget when none of steps / epochs / minutes is given
 STATE_VERSION = 1  # bump when the train-state keys change meaning
 SMOOTHING = 0.98  # EMA factor of the displayed training loss (about the last 50 steps)
 # Options that may change when resuming; any other option given must equal the saved value.
-RESUMABLE = ("steps", "epochs", "minutes", "eval_every")
+RESUMABLE = ("steps", "epochs", "minutes", "eval_every", "ema")  # may change on resume
 BUDGETS = ("steps", "epochs", "minutes")
 # A loss this many times a uniform guess (ln V) means the weights blew up even while still
 # finite (without weight decay, Adam at lr=1e6 keeps the loss finite near 1e7 nats).
@@ -60,6 +60,7 @@ class TrainOptions:
     clip: float = 5.0  # global gradient-norm limit (0 = none)
     beta1: float = 0.9
     beta2: float = 0.99  # faster second moments than 0.999 suit short runs on small data
+    ema: float = 0.0  # decay of a running average of the weights, validated and saved (0: off)
     # budget: at most one of these; none means DEFAULT_MINUTES
     steps: int | None = None
     epochs: float | None = None
@@ -120,6 +121,7 @@ class TrainOptions:
             (self.weight_decay >= 0.0, "--weight-decay must be 0 or more"),
             (self.clip >= 0.0, "--clip must be 0 (off) or more"),
             (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "Adam betas must be in [0, 1)"),
+            (0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0: off; 0.999 averages ~1000 steps)"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),
             (self.random_seed >= 0, "--random-seed must be 0 or more"),
         ]
@@ -425,6 +427,7 @@ class _Run:
                 self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
             else:
                 self._restore(ckpt, config)
+            self._start_average(ckpt)
             self.grads = Params.zeros(config, np.float32)
             self.decay_mask = self.params.decay_mask()
             self.ws = Workspace(config, T, B)
@@ -444,6 +447,28 @@ class _Run:
             self.total_steps = None
         self.budget_seconds = None if o.minutes is None else o.minutes * 60.0
         _warm_up(config)
+
+    def _start_average(self, ckpt: Checkpoint | None) -> None:
+        """With --ema: the running average of the weights, from the saved state on a resume
+        (or, if that run kept none, from the weights as they are now)."""
+        self.average: Params | None = None
+        if self.options.ema == 0.0:
+            return
+        saved = None if ckpt is None else ckpt.train_state.get("ema")
+        if saved is not None:
+            if saved.shape != self.params.flat.shape or saved.dtype != np.float32:
+                raise CheckpointError(f"{ckpt.path}: training state 'ema' has the wrong shape")
+            if not np.isfinite(saved).all():
+                raise CheckpointError(f"{ckpt.path}: training state holds NaN or infinite values")
+            self.average = Params(self.params.config, saved.copy())
+        else:
+            if ckpt is not None:
+                self._notice(f"the weight average starts here, at step {self.p.step:,}")
+            self.average = self.params.copy()
+
+    def _weights(self) -> Params:
+        """What is validated and saved as the best: the running average with --ema."""
+        return self.params if self.average is None else self.average
 
     def _saved_run(self, ckpt: Checkpoint) -> tuple[TrainOptions, list[str]]:
         try:
@@ -571,6 +596,8 @@ class _Run:
             self.params.flat, self.m, self.v, self.grads.flat, self.decay_mask,
             k, lr, o.beta1, o.beta2, 1e-8, o.weight_decay,
         )  # fmt: skip
+        if self.average is not None:
+            kernels.average_step(self.average.flat, self.params.flat, o.ema)
 
         p.step = k
         chars = inputs.size
@@ -632,7 +659,7 @@ class _Run:
         # the last step's update is only seen by the next loss: check it before anything is saved
         if not np.isfinite(self.params.flat).all():
             self._diverged(p.step, "the weights hold NaN or infinite values")
-        val = validation_loss(self.params, self.val_tokens)
+        val = validation_loss(self._weights(), self.val_tokens)
         seconds = time.perf_counter() - started
         has_val = len(self.val_tokens) >= 2
         if has_val and not math.isfinite(val):
@@ -659,7 +686,7 @@ class _Run:
                 improved=improved,
                 seconds=seconds,
                 saved=saved,
-                params=self.params,
+                params=self._weights(),
                 vocab=self.vocab,
             )
             self.hooks.evaluation(info)
@@ -681,7 +708,7 @@ class _Run:
     def _save(self, best: bool) -> Path:
         """Write the best weights (`out`) or the full state (`.last.npz`), atomically."""
         if best:
-            path = save_checkpoint(self.out, self.params, self.vocab, self._config())
+            path = save_checkpoint(self.out, self._weights(), self.vocab, self._config())
             self.out_written = True
             return path
         p = self.p
@@ -696,6 +723,8 @@ class _Run:
             "data": _state_str(self.stream.state()),
             "counters": _state_str(dataclasses.asdict(p)),
         }
+        if self.average is not None:
+            state["ema"] = self.average.flat
         path = save_checkpoint(self.last, self.params, self.vocab, self._config(), state)
         self.last_saved_step = p.step
         return path

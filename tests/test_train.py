@@ -105,6 +105,46 @@ def test_validation_does_not_perturb_training(tmp_path, corpus):
     assert np.array_equal(often.train_state["rng"], once.train_state["rng"])
 
 
+def test_weight_average_is_what_is_validated_saved_and_resumed(tmp_path, corpus):
+    """--ema: each evaluation (here every step) sees and the best checkpoint holds the running
+    average e_k = d*e_(k-1) + (1-d)*w_k of the weights w_k, which train as without it; the
+    average is part of the training state and resumes exactly."""
+
+    def weights_seen(out, **options):
+        seen = []
+        hooks = Hooks(evaluation=lambda info: seen.append(info.params.flat.copy()))
+        given = {**TINY, "steps": 8, "eval_every": 1, **options}
+        result = train([corpus], given, out=out, hooks=hooks)
+        return seen, result
+
+    d = 0.75
+    raw, _ = weights_seen(tmp_path / "raw.npz")
+    avg, result = weights_seen(tmp_path / "avg.npz", ema=d)
+    for k in range(1, 8):
+        np.testing.assert_allclose(avg[k], d * avg[k - 1] + (1 - d) * raw[k], rtol=0, atol=1e-6)
+    assert not np.allclose(avg[-1], raw[-1], atol=1e-4)
+    last = state_of(tmp_path / "avg.last.npz")
+    assert np.array_equal(last.params.flat, raw[-1])  # training itself is unchanged
+    assert np.array_equal(last.train_state["ema"], avg[-1])
+    best = load_checkpoint(tmp_path / "avg.npz")
+    assert np.array_equal(best.params.flat, avg[result.best_step - 1])
+
+    run(corpus, tmp_path / "cut.npz", steps=8, eval_every=3, ema=d, stop_at=5)
+    run(None, None, resume=tmp_path / "cut.last.npz")
+    assert np.array_equal(state_of(tmp_path / "cut.last.npz").train_state["ema"], avg[-1])
+
+
+def test_weight_average_can_start_on_resume(tmp_path, corpus):
+    run(corpus, tmp_path / "m.npz", steps=4, eval_every=2)
+    notices = []
+    hooks = Hooks(notice=notices.append)
+    train(None, {"steps": 6, "ema": 0.9}, out=None, resume=tmp_path / "m.last.npz", hooks=hooks)
+    assert any("weight average starts here, at step 4" in n for n in notices)
+    state = state_of(tmp_path / "m.last.npz")
+    assert state.train_state["ema"].shape == state.params.flat.shape
+    assert TrainOptions.from_dict(state.config["training"]).ema == 0.9
+
+
 def test_different_seeds_give_different_models(tmp_path, corpus):
     run(corpus, tmp_path / "s1.npz", steps=3, random_seed=1)
     run(corpus, tmp_path / "s2.npz", steps=3, random_seed=2)
@@ -204,6 +244,8 @@ def test_options_are_validated():
         resolve_options({"steps": 0})
     with pytest.raises(ConfigError, match="unknown training option"):
         resolve_options({"hiden": 3})
+    with pytest.raises(ConfigError, match="--ema"):
+        resolve_options({"ema": 1.0})
 
 
 def test_resume_refuses_conflicting_options_and_allows_budget_changes():

@@ -83,6 +83,16 @@ def train_command(
     clip: Annotated[
         float | None, typer.Option(help=_default("Clip the gradient norm to this (0: off).", D.clip))
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help=_default(
+                "Validate and save a running average of the weights with this decay per step "
+                "(0: off; 0.999 averages about the last 1,000 steps).",
+                D.ema,
+            )
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(help="Train this many steps in all (counting a resumed run's).")
     ] = None,
@@ -131,6 +141,7 @@ def train_command(
         "warmup": warmup,
         "weight_decay": weight_decay,
         "clip": clip,
+        "ema": ema,
         "steps": steps,
         "epochs": epochs,
         "minutes": minutes,
