@@ -47,7 +47,7 @@ def test_recorded_loss_matches_eval_on_the_validation_slice(tmp_path):
     stated = re.search(r"\*\*(\d\.\d{4}) nats/char,\s*\n?\s*[\d.]+ bits/char\*\*", README.read_text())
     assert stated is not None
     assert abs(measured - float(stated.group(1))) < 5e-5
-    assert math.isfinite(measured) and measured < 1.50
+    assert math.isfinite(measured) and measured <= 1.42  # the target: clearly below nanoGPT's 1.4697
 
 
 def test_it_samples(tmp_path, monkeypatch):
