@@ -9,6 +9,7 @@ correlation with a feature of the text, against a circular-shift null. No rich, 
 from __future__ import annotations
 
 import math
+import mmap
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ WINDOW = 1024  # characters per forward call; the state (h, c) is carried betwee
 N_SHIFTS = 20  # circular shifts making the null distribution of a feature correlation
 TOP_GUESSES = 3
 FORGET_BINS = 1 << 16  # forget gates binned by the top 16 bits of float32(1 - f)
+POPULATE_BYTES = 4 << 20  # arrays from this size get their pages mapped up front
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def compute_trace(
         kernels.token_log_probs(logp, last_logits, ids[:1])
         bits[0] = -logp[0] / math.log(2.0)
 
-    values = np.empty((L, N, H), dtype=np.float32)
+    values = _populated_empty((L, N, H), np.float32)  # up to 80 MB, written window by window
     gates_shown = np.empty((L, S, 4 * H), dtype=params.dtype)
     c_shown = np.empty((L, S, H), dtype=params.dtype)
     h_shown = np.empty((L, S, H), dtype=params.dtype)
@@ -308,6 +310,21 @@ def compute_trace(
         stats=stats,
         thresholds=thresholds,
     )
+
+
+def _populated_empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """np.empty(shape, dtype), with its pages mapped at once where the system allows it. A large
+    fresh array otherwise faults its pages in one by one as it is first written: for the 80 MB
+    of a 2x512 trace of 20,000 characters that took 0.2-0.35 s here, mapping them at once 0.04 s."""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or size < POPULATE_BYTES:
+        return np.empty(shape, dtype=dtype)
+    try:
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, ValueError):
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 def _store_signal(out: np.ndarray, signal: str, g: np.ndarray, c_seq: np.ndarray, h_seq: np.ndarray) -> None:

@@ -429,3 +429,12 @@ def test_sparkline():
     look = gates_view.Look(colour=False, ascii=False)
     assert gates_view.sparkline(np.linspace(-1, 1, 8), look, width=8) == "▁▂▃▄▅▆▇█"
     assert gates_view.sparkline(np.array([0.0, 1.0]), gates_view.Look(False, True), 2, 0.0, 1.0) == "_@"
+
+
+def test_large_trace_arrays_are_ordinary_writable_arrays():
+    big = gates._populated_empty((2, 3000, 512), np.float32)  # 12 MB: mapped up front
+    small = gates._populated_empty((2, 5), np.float32)
+    for array, shape in ((big, (2, 3000, 512)), (small, (2, 5))):
+        assert array.shape == shape and array.dtype == np.float32 and array.flags.writeable
+        array[...] = 1.5
+        assert float(array.sum()) == 1.5 * array.size
