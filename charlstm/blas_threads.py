@@ -39,12 +39,6 @@ def _functions() -> tuple | None:
     return None
 
 
-def get() -> int | None:
-    """BLAS's thread count, or None when it cannot be found."""
-    functions = _functions()
-    return None if functions is None else int(functions[0]())
-
-
 @contextmanager
 def limited_to(threads: int) -> Iterator[None]:
     """BLAS on at most `threads` threads inside the block (process-wide), as before after it."""

@@ -109,15 +109,24 @@ def lstm_forward(h_seq, c_seq, gates, Wh, b, h0, c0):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _cell_step(h, c, z, rec, b, c_prev):
     """One step of one stream: z (4H,) on entry the input projection, on exit the activated
-    gates act(z + rec + b) (rec: h_prev·Wh); then c (H,) = f*c_prev + i*g, h (H,) = o*tanh(c).
+    gates act(z + rec + b) (rec: h_prev·Wh); then c (H,) = f*c_prev + i*g, h (H,) = o*tanh(c)."""
+    for k in range(z.size):
+        z[k] = z[k] + rec[k] + b[k]
+    _activate_cell(h, c, z, c_prev)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _activate_cell(h, c, z, c_prev):
+    """z (4H,) pre-activations, activated in place (i, f, o sigmoid, g tanh); then
+    c (H,) = f*c_prev + i*g and h (H,) = o*tanh(c). c may be c_prev (updated in place).
     Contiguous loops with one activation each, so LLVM can vectorise them."""
     H = c.shape[0]
     for k in range(2 * H):  # i, f
-        z[k] = sigmoid(z[k] + rec[k] + b[k])
+        z[k] = sigmoid(z[k])
     for k in range(2 * H, 3 * H):  # g
-        z[k] = tanh(z[k] + rec[k] + b[k])
+        z[k] = tanh(z[k])
     for k in range(3 * H, 4 * H):  # o
-        z[k] = sigmoid(z[k] + rec[k] + b[k])
+        z[k] = sigmoid(z[k])
     for j in range(H):
         cell = z[H + j] * c_prev[j] + z[j] * z[2 * H + j]
         c[j] = cell
@@ -136,6 +145,18 @@ def _cell_step(h, c, z, rec, b, c_prev):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _to_step_major(dst, src):
+    """dst (T, R, B) = src (R, T, B) with the first two axes swapped, whole rows of B at a time."""
+    R, T, B = src.shape
+    for k in range(R):
+        for t in range(T):
+            s = src[k, t]
+            d = dst[t, k]
+            for r in range(B):
+                d[r] = s[r]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, proj, WhT, b, h0, c0):
     """lstm_forward for training, keeping what lstm_train_backward needs.
 
@@ -149,12 +170,7 @@ def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, proj, WhT, b, h
     """
     G, T, B = proj.shape
     H = G // 4
-    for k in range(G):  # act[t] = proj[:, t], whole rows of B at a time
-        for t in range(T):
-            src = proj[k, t]
-            dst = act[t, k]
-            for r in range(B):
-                dst[r] = src[r]
+    _to_step_major(act, proj)
     z = np.empty((G, B), dtype=proj.dtype)  # Wh.T · h_{t-1}
     h = h0.copy()  # (H, B) contiguous: the BLAS operand of the next step
     c = c0.copy()
@@ -209,12 +225,7 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
     """
     G, T, B = dz.shape
     H = G // 4
-    for j in range(H):  # dh_steps[t] = dh_seq[:, t], whole rows at a time
-        for t in range(T):
-            src = dh_seq[j, t]
-            dst = dh_steps[t, j]
-            for r in range(B):
-                dst[r] = src[r]
+    _to_step_major(dh_steps, dh_seq)
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
@@ -576,25 +587,7 @@ def _finish_layer(h, c, z, tokens, table, bias, layer):
             zr[j] += p0[j]
         for j in range(G):
             zr[j] += p1[j]
-        zi = zr[:H]
-        zf = zr[H : 2 * H]
-        zg = zr[2 * H : 3 * H]
-        zo = zr[3 * H :]
-        hr = h[layer, r]
-        cr = c[layer, r]
-        # Contiguous loops with one activation each, so LLVM can vectorise them.
-        for j in range(H):
-            zi[j] = sigmoid(zi[j])
-        for j in range(H):
-            zf[j] = sigmoid(zf[j])
-        for j in range(H):
-            zg[j] = tanh(zg[j])
-        for j in range(H):
-            zo[j] = sigmoid(zo[j])
-        for j in range(H):
-            cell = zf[j] * cr[j] + zi[j] * zg[j]
-            cr[j] = cell
-            hr[j] = zo[j] * tanh(cell)
+        _activate_cell(h[layer, r], c[layer, r], zr, c[layer, r])
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -808,25 +801,12 @@ def lstm_forward_stream(h_seq, c_seq, gates, Wh, b, h0, c0):
     """
     T, G = gates.shape
     H = G // 4
-    K4 = H - H % 4
-    rec = np.empty(G, dtype=gates.dtype)  # h_{t-1}·Wh
+    rec = np.empty((1, G), dtype=gates.dtype)  # h_{t-1}·Wh, one pass over Wh per step
     h_prev = h0
     c_prev = c0
     for t in range(T):
-        for j in range(G):
-            rec[j] = 0.0
-        # rec += h_prev·Wh, adding rows of Wh four at a time (one pass over Wh, rec in L1).
-        for k in range(0, K4, 4):
-            x0, x1, x2, x3 = h_prev[k], h_prev[k + 1], h_prev[k + 2], h_prev[k + 3]
-            w0, w1, w2, w3 = Wh[k], Wh[k + 1], Wh[k + 2], Wh[k + 3]
-            for j in range(G):
-                rec[j] += (x0 * w0[j] + x1 * w1[j]) + (x2 * w2[j] + x3 * w3[j])
-        for k in range(K4, H):
-            x0 = h_prev[k]
-            w0 = Wh[k]
-            for j in range(G):
-                rec[j] += x0 * w0[j]
-        _cell_step(h_seq[t], c_seq[t], gates[t], rec, b, c_prev)
+        _add_rows(rec, h_prev.reshape(1, H), Wh, 0, H)
+        _cell_step(h_seq[t], c_seq[t], gates[t], rec[0], b, c_prev)
         h_prev = h_seq[t]
         c_prev = c_seq[t]
 

@@ -61,7 +61,7 @@ def _is_number(value: object) -> bool:
 
 
 MAX_SAMPLES = 100_000  # samples run as one batch: their states and texts are held together
-MAX_THREADS = 256  # more than numba has are capped to what it has (its pool's size)
+MAX_THREADS = 256  # accepted; any value above 1 runs the two-thread kernel
 
 
 def check_options(

@@ -32,7 +32,7 @@ DEFAULT_MINUTES = 15.0  # budget when none of steps / epochs / minutes is given
 STATE_VERSION = 1  # bump when the train-state keys change meaning
 SMOOTHING = 0.98  # EMA factor of the displayed training loss (about the last 50 steps)
 # Options that may change when resuming; any other option given must equal the saved value.
-RESUMABLE = ("steps", "epochs", "minutes", "eval_every", "ema")  # may change on resume
+RESUMABLE = ("steps", "epochs", "minutes", "eval_every", "ema")
 BUDGETS = ("steps", "epochs", "minutes")
 # A loss this many times a uniform guess (ln V) means the weights blew up even while still
 # finite (without weight decay, Adam at lr=1e6 keeps the loss finite near 1e7 nats).
@@ -285,6 +285,16 @@ def _state_str(value: Any) -> np.ndarray:
     return np.array(json.dumps(value))
 
 
+def _state_array(ckpt: Checkpoint, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of a checkpoint's training state, checked and copied."""
+    arr = ckpt.train_state.get(key)
+    if arr is None or arr.shape != shape or arr.dtype != np.float32:
+        raise CheckpointError(f"{ckpt.path}: training state {key!r} is missing or has the wrong shape")
+    if not np.isfinite(arr).all():
+        raise CheckpointError(f"{ckpt.path}: training state holds NaN or infinite values")
+    return arr.copy()
+
+
 def _read_state_str(state: Mapping[str, np.ndarray], key: str, path: Path) -> Any:
     try:
         return json.loads(str(state[key][()]))
@@ -454,13 +464,8 @@ class _Run:
         self.average: Params | None = None
         if self.options.ema == 0.0:
             return
-        saved = None if ckpt is None else ckpt.train_state.get("ema")
-        if saved is not None:
-            if saved.shape != self.params.flat.shape or saved.dtype != np.float32:
-                raise CheckpointError(f"{ckpt.path}: training state 'ema' has the wrong shape")
-            if not np.isfinite(saved).all():
-                raise CheckpointError(f"{ckpt.path}: training state holds NaN or infinite values")
-            self.average = Params(self.params.config, saved.copy())
+        if ckpt is not None and "ema" in ckpt.train_state:
+            self.average = Params(self.params.config, _state_array(ckpt, "ema", self.params.flat.shape))
         else:
             if ckpt is not None:
                 self._notice(f"the weight average starts here, at step {self.p.step:,}")
@@ -501,15 +506,8 @@ class _Run:
         self.params = ckpt.params
         P = self.params.flat.size
         shape = (config.layers, self.stream.batch, config.hidden)
-        wanted = {"m": (P,), "v": (P,), "h": shape, "c": shape}
-        for key, want in wanted.items():
-            arr = state.get(key)
-            if arr is None or arr.shape != want or arr.dtype != np.float32:
-                raise CheckpointError(f"{path}: training state {key!r} is missing or has the wrong shape")
-        if not all(np.isfinite(state[k]).all() for k in wanted):
-            raise CheckpointError(f"{path}: training state holds NaN or infinite values")
-        self.m, self.v = state["m"].copy(), state["v"].copy()
-        self.h, self.c = state["h"].copy(), state["c"].copy()
+        self.m, self.v = _state_array(ckpt, "m", (P,)), _state_array(ckpt, "v", (P,))
+        self.h, self.c = _state_array(ckpt, "h", shape), _state_array(ckpt, "c", shape)
         self.stream.restore(_read_state_str(state, "data", path))
         try:
             self.dropout_rng.bit_generator.state = _read_state_str(state, "rng", path)["dropout"]
