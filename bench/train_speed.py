@@ -21,7 +21,18 @@ import time
 import numpy as np
 
 B, T, V, E = 32, 64, 65, 64
-STEPS = 6  # timed steps per repeat, after one warm-up step
+MIN_STEPS, MIN_SECONDS = 6, 1.0  # each timing: at least this many steps and this long
+
+
+def chars_per_second(step) -> float:
+    """Characters per second of step(k), k = 0, 1, ..., over at least MIN_STEPS calls and
+    MIN_SECONDS (small models take a few ms a step: a handful would be timer noise)."""
+    start = time.perf_counter()
+    steps = 0
+    while steps < MIN_STEPS or time.perf_counter() - start < MIN_SECONDS:
+        step(steps)
+        steps += 1
+    return B * T * steps / (time.perf_counter() - start)
 
 
 def time_charlstm(layers: int, hidden: int) -> float:
@@ -45,10 +56,7 @@ def time_charlstm(layers: int, hidden: int) -> float:
         kernels.adam_step(params.flat, m, v, grads.flat, decay, k, 2e-3, 0.9, 0.999, 1e-8, 0.0)
 
     step(1)
-    start = time.perf_counter()
-    for k in range(STEPS):
-        step(k + 2)
-    return B * T * STEPS / (time.perf_counter() - start)
+    return chars_per_second(lambda k: step(k + 2))
 
 
 def time_torch(layers: int, hidden: int, threads: int) -> float:
@@ -76,10 +84,7 @@ def time_torch(layers: int, hidden: int, threads: int) -> float:
         opt.step()
 
     step()
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    return B * T * STEPS / (time.perf_counter() - start)
+    return chars_per_second(lambda k: step())
 
 
 def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int) -> float | None:
