@@ -176,3 +176,15 @@ def test_piping_into_head_ends_quietly(model_path):
     assert done.returncode == 0  # charlstm's own exit code: a reader that stops early is no error
     assert len(done.stdout) == 10
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["", "train", "sample", "eval", "inspect-gates"])
+def test_help_into_a_closed_pipe_ends_quietly(command):
+    """`charlstm eval --help | head -1`: the reader is gone before the help is written (here it
+    never reads at all); rich, which typer prints help with, would exit 1."""
+    cli = f"{sys.executable} -c 'from charlstm.cli import main; main()'"
+    line = f"{cli} {command} --help | true; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

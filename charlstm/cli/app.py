@@ -29,6 +29,10 @@ class OneLineErrorsGroup(TyperGroup):
         except BrokenPipeError:
             _silence_broken_pipe()
             sys.exit(0)
+        except SystemExit as exc:
+            if _raised_by_rich_on_broken_pipe(exc):  # help piped into `head`: a normal end
+                sys.exit(0)
+            raise
         if isinstance(code, int) and code != 0:
             sys.exit(code)
         return code
@@ -45,6 +49,17 @@ class OneLineErrorsGroup(TyperGroup):
 
 def _first_line(message: str) -> str:
     return " ".join(message.strip().split("\n")[0].split()) or "unknown error"
+
+
+def _raised_by_rich_on_broken_pipe(exc: SystemExit) -> bool:
+    """Whether rich's Console.on_broken_pipe ended the process: when the reader of stdout has
+    gone, it points stdout at devnull and raises SystemExit(1) (typer prints help with rich)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == "on_broken_pipe" and "rich" in tb.tb_frame.f_code.co_filename
 
 
 def _silence_broken_pipe() -> None:
