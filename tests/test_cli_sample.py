@@ -168,10 +168,12 @@ def test_corrupt_model(tmp_path, model_path):
     one_error_line(invoke("--model", broken), "broken.npz")
 
 
+CLI = f"{sys.executable} -c 'from charlstm.cli import main; main()'"  # the console script
+
+
 @pytest.mark.slow
 def test_piping_into_head_ends_quietly(model_path):
-    cli = f"{sys.executable} -c 'from charlstm.cli import main; main()'"
-    command = f"{cli} sample --model {model_path} --length 20000 | head -c 10; exit ${{PIPESTATUS[0]}}"
+    command = f"{CLI} sample --model {model_path} --length 20000 | head -c 10; exit ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0  # charlstm's own exit code: a reader that stops early is no error
     assert len(done.stdout) == 10
@@ -183,8 +185,7 @@ def test_piping_into_head_ends_quietly(model_path):
 def test_help_into_a_closed_pipe_ends_quietly(command):
     """`charlstm eval --help | head -1`: the reader is gone before the help is written (here it
     never reads at all); rich, which typer prints help with, would exit 1."""
-    cli = f"{sys.executable} -c 'from charlstm.cli import main; main()'"
-    line = f"{cli} {command} --help | true; exit ${{PIPESTATUS[0]}}"
+    line = f"{CLI} {command} --help | true; exit ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
