@@ -137,56 +137,109 @@ def _activate_cell(h, c, z, c_prev):
 # h (H, T*B) and dz (4H, T*B), so that the input projection and every weight gradient are
 # one large product over the window. The recurrence itself walks step by step, and there a
 # step's gates are 4H rows of B values T*B apart: touching them strided costs more than the
-# arithmetic. So the step kernels keep what they walk step-major, (T, 4H, B) and (T, H, B),
-# one contiguous block per step, and copy to and from the feature-major sequences once per
-# window (t innermost, so each copy reads or writes whole rows). The recurrent product is
-# Wh.T (4H, H) · h (H, B): BLAS runs that shape about 30% faster than (B, H) · (H, 4H).
-# Inference keeps lstm_forward.
+# arithmetic. So the step kernels keep what they walk step-major, one contiguous block per
+# step, and copy to and from the feature-major sequences once per window (t innermost, so each
+# copy reads or writes whole rows). The recurrent product is Wh.T (4H, H) · h (H, B): BLAS runs
+# that shape about 30% faster than (B, H) · (H, 4H). Inference keeps lstm_forward.
+#
+# The streams of a batch never meet in the recurrence, so the batch is cut into P parts of
+# Bp = B/P streams, each part with step-major buffers of its own, (P, T, 4H, Bp) and
+# (P, T, H, Bp), and each walked through the window by one of numba's threads with no
+# meeting per step. The window-wide products are split by rows of their output (matmul_rows),
+# so that one pool of threads, numba's, does all the work; BLAS itself runs on one thread
+# (model.loss_and_grad sees to it), else its own pool would spin between calls and fight
+# numba's for the cores. P = 1 is the serial path, the same code.
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def to_step_major(act, proj):
+    """act (P, T, R, Bp)[p, t, k, r] = proj (R, T, B)[k, t, p*Bp + r]: each part's streams of a
+    feature-major sequence, step-major."""
+    P, T, R, Bp = act.shape
+    for p in prange(P):
+        _part_to_step_major(act[p], proj, p * Bp)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _to_step_major(dst, src):
-    """dst (T, R, B) = src (R, T, B) with the first two axes swapped, whole rows of B at a time."""
-    R, T, B = src.shape
+def _part_to_step_major(dst, src, lo):
+    """dst (T, R, Bp)[t, k, r] = src (R, T, B)[k, t, lo + r], whole rows at a time."""
+    T, R, Bp = dst.shape
     for k in range(R):
         for t in range(T):
-            s = src[k, t]
+            s = src[k, t, lo : lo + Bp]
             d = dst[t, k]
-            for r in range(B):
+            for r in range(Bp):
                 d[r] = s[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, proj, WhT, b, h0, c0):
-    """lstm_forward for training, keeping what lstm_train_backward needs.
+def _part_columns(src, lo, Bp):
+    """A contiguous copy (R, Bp) of src (R, B)[:, lo:lo+Bp]."""
+    R = src.shape[0]
+    out = np.empty((R, Bp), dtype=src.dtype)
+    for k in range(R):
+        for r in range(Bp):
+            out[k, r] = src[k, lo + r]
+    return out
 
-    proj       (4H, T, B) in: the input projection Wx.T·x_t (left unchanged)
-    act        (T, 4H, B) out: activated i, f, g, o, step-major
-    c_steps    (T, H, B)  out: cell memory after each step, step-major
-    h_seq      (H, T, B)  out: hidden state after each step, feature-major (for BLAS)
-    h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
-    h_steps    (T, H, B)  work
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def gather_step_major(act, table_T, tokens):
+    """act (P, T, 4H, Bp)[p, t, k, r] = table_T (4H, V)[k, tokens[t*B + p*Bp + r]]: the first
+    layer's input projection looked up (one-hot(x)·Wx is a row of Wx, embed(x)·Wx one of
+    embed·Wx) straight into the step-major buffers. tokens (T*B,), t-major."""
+    P, T, G, Bp = act.shape
+    B = P * Bp
+    for p in prange(P):
+        for t in range(T):
+            tok = tokens[t * B + p * Bp : t * B + (p + 1) * Bp]
+            at = act[p, t]
+            for k in range(G):
+                row = table_T[k]
+                dst = at[k]
+                for r in range(Bp):
+                    dst[r] = row[tok[r]]
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, WhT, b, h0, c0):
+    """lstm_forward for training, keeping what lstm_train_backward needs; P parts in parallel.
+
+    act        (P, T, 4H, Bp) in: the input projection Wx.T·x_t; out: activated i, f, g, o
+    c_steps    (P, T, H, Bp)  out: cell memory after each step
+    h_seq      (H, T, B)      out: hidden state after each step, feature-major (for BLAS)
+    h_prev_seq (H, T, B)      out: the state each step started from (h0 first), for dWh
+    h_steps    (P, T, H, Bp)  work
     WhT (4H, H) contiguous, b (4H,); h0 and c0 (H, B): the state carried in (left unchanged).
     """
-    G, T, B = proj.shape
+    P, T, G, Bp = act.shape
+    for p in prange(P):
+        _train_forward_part(h_seq, h_prev_seq, act[p], c_steps[p], h_steps[p], WhT, b, h0, c0, p * Bp)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _train_forward_part(h_seq, h_prev_seq, act, c_steps, h_steps, WhT, b, h0, c0, lo):
+    """lstm_train_forward for the streams lo .. lo+Bp-1: act (T, 4H, Bp), c_steps and h_steps
+    (T, H, Bp) are that part's; the other arrays are whole and read or written at columns lo+r."""
+    T, G, Bp = act.shape
     H = G // 4
-    _to_step_major(act, proj)
-    z = np.empty((G, B), dtype=proj.dtype)  # Wh.T · h_{t-1}
-    h = h0.copy()  # (H, B) contiguous: the BLAS operand of the next step
-    c = c0.copy()
+    z = np.empty((G, Bp), dtype=act.dtype)  # Wh.T · h_{t-1}
+    h_first = _part_columns(h0, lo, Bp)
+    h = h_first.copy()  # (H, Bp) contiguous: the BLAS operand of the next step
+    c = _part_columns(c0, lo, Bp)
     for t in range(T):
         np.dot(WhT, h, z)
         at = act[t]
-        # Loops over the batch, innermost and contiguous, with one activation each (vectorised).
+        # Loops over the streams, innermost and contiguous, with one activation each (vectorised).
         for k in range(G):
             zk = z[k]
             ak = at[k]
             bk = b[k]
             if 2 * H <= k < 3 * H:  # g
-                for r in range(B):
+                for r in range(Bp):
                     ak[r] = tanh(ak[r] + zk[r] + bk)
             else:  # i, f, o
-                for r in range(B):
+                for r in range(Bp):
                     ak[r] = sigmoid(ak[r] + zk[r] + bk)
         for j in range(H):
             i = at[j]
@@ -195,39 +248,58 @@ def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, proj, WhT, b, h
             o = at[3 * H + j]
             hj = h[j]
             cj = c[j]
-            for r in range(B):
+            for r in range(Bp):
                 cj[r] = f[r] * cj[r] + i[r] * g[r]
-            for r in range(B):
+            for r in range(Bp):
                 hj[r] = o[r] * tanh(cj[r])
         c_steps[t] = c
         h_steps[t] = h
     for j in range(H):  # to the feature-major sequences, whole rows at a time
         for t in range(T):
             src = h_steps[t, j]
-            dst = h_seq[j, t]
-            prev = h_prev_seq[j, t]
-            before = h_steps[t - 1, j] if t > 0 else h0[j]
-            for r in range(B):
+            dst = h_seq[j, t, lo : lo + Bp]
+            prev = h_prev_seq[j, t, lo : lo + Bp]
+            before = h_steps[t - 1, j] if t > 0 else h_first[j]
+            for r in range(Bp):
                 dst[r] = src[r]
                 prev[r] = before[r]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps):
-    """Backpropagate one layer through its window (truncated: nothing flows into h0, c0).
+    """Backpropagate one layer through its window (truncated: nothing flows into h0, c0);
+    P parts in parallel.
 
     dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations, feature-major
     db     (4H,): accumulated into
     dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
     act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
-    dz_steps (T, 4H, B), dh_steps (T, H, B): work, step-major.
+    dz_steps (P, T, 4H, Bp), dh_steps (P, T, H, Bp): work, step-major.
     The weight and input gradients follow from dz with one large product each (the caller).
     """
-    G, T, B = dz.shape
+    P, T, G, Bp = act.shape
+    db_parts = np.zeros((P, G), dtype=np.float64)  # each part's own sums, added in a fixed order
+    for p in prange(P):
+        _train_backward_part(
+            dz, db_parts[p], dh_seq, act[p], c_steps[p], Wh, c0, dz_steps[p], dh_steps[p], p * Bp
+        )
+    for k in range(G):
+        total = 0.0
+        for p in range(P):
+            total += db_parts[p, k]
+        db[k] += total
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _train_backward_part(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps, lo):
+    """lstm_train_backward for the streams lo .. lo+Bp-1. act, dz_steps (T, 4H, Bp), c_steps and
+    dh_steps (T, H, Bp) are the part's; db (4H,) float64 the part's bias gradient, added to."""
+    T, G, Bp = act.shape
     H = G // 4
-    _to_step_major(dh_steps, dh_seq)
-    dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
-    dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
+    _part_to_step_major(dh_steps, dh_seq, lo)
+    c_first = _part_columns(c0, lo, Bp)
+    dh_next = np.zeros((H, Bp), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
+    dc = np.zeros((H, Bp), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
     for t in range(T - 1, -1, -1):
         at = act[t]
@@ -238,7 +310,6 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
             g = at[2 * H + j]
             o = at[3 * H + j]
             cs = c_steps[t, j]
-            cp = c_steps[t - 1, j] if t > 0 else c0[j]
             dhs = dh_steps[t, j]
             dhn = dh_next[j]
             dcj = dc[j]
@@ -246,7 +317,8 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
             df = dzt[H + j]
             dg = dzt[2 * H + j]
             do = dzt[3 * H + j]
-            for r in range(B):
+            cp = c_steps[t - 1, j] if t > 0 else c_first[j]
+            for r in range(Bp):
                 tc = tanh(cs[r])  # the same function as forward, so gradients match it
                 dh = dhs[r] + dhn[r]
                 dcv = dcj[r] + dh * o[r] * (one - tc * tc)
@@ -259,13 +331,13 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
             np.dot(Wh, dzt, dh_next)
     # To the feature-major dz, whole rows at a time, summing db: one float64 sum per stream,
     # so that the additions vectorise along the row instead of each waiting on the last.
-    part = np.empty(B, dtype=np.float64)
+    part = np.empty(Bp, dtype=np.float64)
     for k in range(G):
         part[:] = 0.0
         for t in range(T):
             src = dz_steps[t, k]
-            dst = dz[k, t]
-            for r in range(B):
+            dst = dz[k, t, lo : lo + Bp]
+            for r in range(Bp):
                 dst[r] = src[r]
                 part[r] += src[r]
         db[k] += part.sum()
@@ -286,6 +358,25 @@ def matmul(out, a, b):
 def matmul_add(out, a, b):
     """out (M, N) += a (M, K) · b (K, N)."""
     out += np.dot(a, b)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def matmul_rows(out, a, b, parts):
+    """matmul on `parts` of numba's threads, each computing a band of out's rows (BLAS on one
+    thread each). out (M, N) and a (M, K) C-contiguous; b may be a transposed view."""
+    M = out.shape[0]
+    for p in prange(parts):
+        lo, hi = p * M // parts, (p + 1) * M // parts
+        np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def matmul_add_rows(out, a, b, parts):
+    """out (M, N) += a (M, K) · b (K, N), in bands of rows as matmul_rows."""
+    M = out.shape[0]
+    for p in prange(parts):
+        lo, hi = p * M // parts, (p + 1) * M // parts
+        out[lo:hi] += np.dot(a[lo:hi], b)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -344,26 +435,17 @@ def scatter_add_rows(dtable, grad_rows, tokens):
             row[k] += grad_rows[n, k]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def gather_columns(out, table_T, tokens):
-    """out (D, N) = table_T[:, tokens]; table_T (D, V), tokens (N,). gather_rows, transposed."""
-    D, N = out.shape
-    for k in range(D):
-        row = table_T[k]
-        dst = out[k]
-        for n in range(N):
-            dst[n] = row[tokens[n]]
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def scatter_add_columns(dtable_T, grad_cols, tokens):
-    """dtable_T[:, tokens[n]] += grad_cols[:, n]: the backward of gather_columns."""
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def scatter_add_columns(dtable_T, grad_cols, tokens, parts):
+    """dtable_T (D, V)[:, tokens[n]] += grad_cols (D, N)[:, n]: the backward of
+    gather_step_major, in `parts` bands of rows (rows never collide, columns do)."""
     D, N = grad_cols.shape
-    for k in range(D):
-        row = dtable_T[k]
-        src = grad_cols[k]
-        for n in range(N):
-            row[tokens[n]] += src[n]
+    for p in prange(parts):
+        for k in range(p * D // parts, (p + 1) * D // parts):
+            row = dtable_T[k]
+            src = grad_cols[k]
+            for n in range(N):
+                row[tokens[n]] += src[n]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -63,10 +63,11 @@ def run_forward(params, inputs, h0, c0):
     return logits, h, c, ws
 
 
-def run_loss_and_grad(params, inputs, targets, h0, c0):
-    """Engine loss and gradients (a new Params) from copies of h0, c0; masks as run_forward."""
+def run_loss_and_grad(params, inputs, targets, h0, c0, parts=1):
+    """Engine loss and gradients (a new Params) from copies of h0, c0; masks as run_forward.
+    parts: how many parts of the batch the training kernels run side by side."""
     T, B = inputs.shape
-    ws = Workspace(params.config, T, B, params.dtype)
+    ws = Workspace(params.config, T, B, params.dtype, parts=parts)
     grads = Params.zeros(params.config, params.dtype)
     h = h0.astype(params.dtype)
     c = c0.astype(params.dtype)
@@ -159,16 +160,46 @@ def test_gradients_match_reference(config):
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("parts", [2, 4])
+@pytest.mark.parametrize("config", [SMALL["L2-onehot"], SMALL["L2-embed-dropout"]], ids=["onehot", "embed-dropout"])
+def test_batch_in_parts_trains_like_the_reference(config, parts):
+    """The batch cut into parts (one per thread when training): the same loss, every gradient,
+    the logits and the state carried out as the reference, each stream in its own part."""
+    T, B = 6, 4
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=14)
+    ws = Workspace(config, T, B, np.float64, parts=parts)
+    grads = Params.zeros(config, np.float64)
+    h, c = h0.copy(), c0.copy()
+    loss = loss_and_grad(params, grads, inputs, targets, h, c, ws, dropout_rng(config))
+    masks = reference_masks(ws)
+    ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)
+    ref = reference.forward(as_weights(params), inputs, h0, c0, masks)
+
+    assert abs(loss - ref_loss) <= 1e-12
+    for name in grads.names():
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(ws.logits, ref["logits"].reshape(T * B, -1), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(h, ref["h"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
+
+
+def test_a_batch_that_does_not_divide_into_parts_is_refused():
+    with pytest.raises(ValueError, match="cannot be cut into 3 equal parts"):
+        Workspace(SMALL["L1-embed"], 4, 4, np.float64, parts=3)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("config", TINY.values(), ids=TINY.keys())
-def test_gradients_match_finite_differences(config):
+def test_gradients_match_finite_differences(config, parts):
     """Every element of every parameter, through the mean cross-entropy with random targets
-    (dropout masks held fixed by reseeding). Relative error per tensor as in relative_error."""
+    (dropout masks held fixed by reseeding). Relative error per tensor as in relative_error.
+    With the batch in two parts too: each stream then goes through its own part's kernels."""
     T, B = 4, 2
     params, inputs, targets, h0, c0 = make_case(config, T, B, seed=4)
-    _, grads, _ = run_loss_and_grad(params, inputs, targets, h0, c0)
+    _, grads, _ = run_loss_and_grad(params, inputs, targets, h0, c0, parts)
 
     def loss():
-        return run_loss_and_grad(params, inputs, targets, h0, c0)[0]
+        return run_loss_and_grad(params, inputs, targets, h0, c0, parts)[0]
 
     numeric = Params(config, numeric_gradient(loss, params.flat))
     errors = {name: relative_error(numeric[name], grads[name]) for name in params.names()}
