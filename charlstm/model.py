@@ -12,9 +12,8 @@ import contextlib
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 import numba
+import numpy as np
 
 from . import blas_threads, kernels
 

@@ -160,8 +160,11 @@ def test_gradients_match_reference(config):
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
 
 
+PARTED = {"onehot": SMALL["L2-onehot"], "embed-dropout": SMALL["L2-embed-dropout"]}
+
+
 @pytest.mark.parametrize("parts", [2, 4])
-@pytest.mark.parametrize("config", [SMALL["L2-onehot"], SMALL["L2-embed-dropout"]], ids=["onehot", "embed-dropout"])
+@pytest.mark.parametrize("config", PARTED.values(), ids=PARTED.keys())
 def test_batch_in_parts_trains_like_the_reference(config, parts):
     """The batch cut into parts (one per thread when training): the same loss, every gradient,
     the logits and the state carried out as the reference, each stream in its own part."""
