@@ -371,12 +371,19 @@ def matmul_rows(out, a, b, parts):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def matmul_add_rows(out, a, b, parts):
-    """out (M, N) += a (M, K) · b (K, N), in bands of rows as matmul_rows."""
-    M = out.shape[0]
+def add_weight_gradient(dW, dz, x, dW_T, parts):
+    """dW (I, G) += x (I, N) · dz (G, N).T: a weight gradient over the window. Computed as its
+    transpose dW_T (G, I) = dz · x.T, in `parts` bands of G rows, then added in transposed:
+    BLAS runs that shape 10-35% faster (the long K = N axis is contiguous in both operands).
+    dW_T: work, C-contiguous."""
+    G = dz.shape[0]
     for p in prange(parts):
-        lo, hi = p * M // parts, (p + 1) * M // parts
-        out[lo:hi] += np.dot(a[lo:hi], b)
+        lo, hi = p * G // parts, (p + 1) * G // parts
+        np.dot(dz[lo:hi], x.T, dW_T[lo:hi])
+        for i in range(x.shape[0]):
+            row = dW[i, lo:hi]
+            for k in range(hi - lo):
+                row[k] += dW_T[lo + k, i]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -388,11 +395,11 @@ def add_row_vector(a, v):
             a[m, n] += v[n]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def add_row_sums(out, a):
     """out (M,) += a (M, N) summed along each row (bias gradients, feature-major)."""
     M, N = a.shape
-    for m in range(M):
+    for m in prange(M):
         row = a[m]
         acc = 0.0
         for n in range(N):
@@ -484,36 +491,48 @@ def softmax_cross_entropy(dlogits, logits, targets):
     return total / N
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def softmax_cross_entropy_columns(dlogits, logits, targets):
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def softmax_cross_entropy_columns(dlogits, logits, targets, parts):
     """softmax_cross_entropy for logits stored (V, N), one column per character: the same
-    mean loss and gradient (V, N), with the inner loops running along N (vectorised)."""
+    mean loss and gradient (V, N), with the inner loops running along N (vectorised), in
+    `parts` bands of columns, whose sums are added in a fixed order."""
+    N = logits.shape[1]
+    sums = np.zeros(parts, dtype=np.float64)
+    for p in prange(parts):
+        sums[p] = _cross_entropy_band(dlogits, logits, targets, p * N // parts, (p + 1) * N // parts)
+    return sums.sum() / N
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _cross_entropy_band(dlogits, logits, targets, lo, hi):
+    """The columns lo .. hi-1 of softmax_cross_entropy_columns: their gradient, and their
+    summed (not yet averaged) loss as the return value."""
     V, N = logits.shape
-    m = logits[0].copy()  # (N,) column maxima
+    m = logits[0, lo:hi].copy()  # column maxima
     for k in range(1, V):
-        row = logits[k]
-        for n in range(N):
+        row = logits[k, lo:hi]
+        for n in range(hi - lo):
             if row[n] > m[n]:
                 m[n] = row[n]
-    s = np.zeros(N, dtype=np.float64)
+    s = np.zeros(hi - lo, dtype=np.float64)
     for k in range(V):
-        row = logits[k]
-        drow = dlogits[k]
-        for n in range(N):
+        row = logits[k, lo:hi]
+        drow = dlogits[k, lo:hi]
+        for n in range(hi - lo):
             e = math.exp(row[n] - m[n])
             drow[n] = e
             s[n] += e
     total = 0.0
-    for n in range(N):
-        total += math.log(s[n]) + m[n] - logits[targets[n], n]
+    for n in range(hi - lo):
+        total += math.log(s[n]) + m[n] - logits[targets[lo + n], lo + n]
         s[n] = 1.0 / (s[n] * N)
     for k in range(V):
-        drow = dlogits[k]
-        for n in range(N):
+        drow = dlogits[k, lo:hi]
+        for n in range(hi - lo):
             drow[n] *= s[n]
-    for n in range(N):
+    for n in range(lo, hi):
         dlogits[targets[n], n] -= 1.0 / N
-    return total / N
+    return total
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

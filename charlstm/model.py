@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numba
@@ -219,6 +220,7 @@ class _TrainBuffers:
         self.head_T = np.empty((V, H), dtype=dtype)
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
+        self.dW_T = np.empty(max(4 * H, V) * H, dtype=dtype)  # a weight gradient, transposed
         self.logits_T = np.empty((V, T * B), dtype=dtype)
         self.dlogits_T = np.empty((V, T * B), dtype=dtype)
         self.dz = np.empty((4 * H, T, B), dtype=dtype)
@@ -346,14 +348,13 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     Truncated BPTT: nothing flows into the state the window started from."""
     config = params.config
     T, B = targets.shape
-    L, H = config.layers, config.hidden
+    L, H, V = config.layers, config.hidden, config.vocab_size
     tb = ws._training()
     flat_targets = np.ascontiguousarray(targets).reshape(T * B)
-    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets)
-
     P = tb.parts
+    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets, P)
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
-    kernels.matmul_add_rows(grads["head.W"], top, tb.dlogits_T.T, P)
+    kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), P)
     kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
     dh = tb.dh.reshape(H, T * B)
     kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, P)
@@ -367,7 +368,9 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
             params[f"lstm.{layer}.Wh"], tb.c0[layer], tb.dz_steps, tb.h_steps,
         )  # fmt: skip
         dz = tb.dz.reshape(4 * H, T * B)
-        kernels.matmul_add_rows(grads[f"lstm.{layer}.Wh"], tb.h_prev[layer].reshape(H, T * B), dz.T, P)
+        work = _transposed_gradient(tb, 4 * H, H)
+        h_prev = tb.h_prev[layer].reshape(H, T * B)
+        kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, P)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
             tb.dtable_T[...] = 0.0
             kernels.scatter_add_columns(tb.dtable_T, dz, ws.tokens, P)
@@ -377,9 +380,14 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
                 kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         else:
-            kernels.matmul_add_rows(dWx, _train_output(ws, tb, layer - 1), dz.T, P)
+            kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, P)
             kernels.matmul_rows(dh, Wx, dz, P)  # gradient w.r.t. the layer below's output
     return loss
+
+
+def _transposed_gradient(tb: _TrainBuffers, rows: int, cols: int) -> np.ndarray:
+    """The work buffer of kernels.add_weight_gradient, shaped (rows, cols)."""
+    return tb.dW_T[: rows * cols].reshape(rows, cols)
 
 
 def loss_and_grad(
@@ -396,8 +404,24 @@ def loss_and_grad(
     window's final state), backward. Returns the mean loss in nats per character; the logits
     are left in ws.logits (T*B, V)."""
     grads.flat[:] = 0.0
-    # With the batch in parts, numba's threads do everything; BLAS's own pool would spin
-    # between calls and fight them for the cores (see kernels.lstm_train_forward).
-    with blas_threads.limited_to(1) if ws.parts > 1 else contextlib.nullcontext():
+    with _one_pool_of_threads(ws.parts):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
         return _train_backward(params, grads, targets, ws)
+
+
+@contextlib.contextmanager
+def _one_pool_of_threads(parts: int) -> Iterator[None]:
+    """Training work on one pool of threads only: two pools spin between their calls and fight
+    each other for the cores. With the batch in parts, numba's pool does everything and BLAS
+    runs on the calling thread; with one part, BLAS's pool runs the products and numba's
+    kernels stay on the calling thread."""
+    if parts > 1:
+        with blas_threads.limited_to(1):
+            yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
