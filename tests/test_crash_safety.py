@@ -36,7 +36,7 @@ KILLED = ["--layers", "1", "--hidden", "256", "--embed", "8", "--seq-len", "8", 
 STEPS = 100_000  # never reached; the same in every session (the learning-rate schedule uses it)
 # counters that measure wall-clock time, so differ between any two runs
 CLOCK_COUNTERS = ("elapsed", "train_seconds")
-ENV = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
+ENV = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "NUMBA_NUM_THREADS": "2"}
 CHARLSTM = [sys.executable, "-c", "from charlstm.cli import main; main()"]
 
 
@@ -178,9 +178,12 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_checkpoints_bit_for_bit(tmp_path):
+# a batch of 4 trains in one part; 16 on two threads in two parts, each walked by its own thread
+@pytest.mark.parametrize("batch", [4, 16])
+def test_same_seed_same_checkpoints_bit_for_bit(tmp_path, batch):
     folder = make_folder(tmp_path / "run")
     args = train_args(folder, "--steps", 30, "--eval-every", 10, "--dropout", 0.2, "--random-seed", 7)
+    args += ["--batch-size", str(batch)]
     runs = []
     for i in range(2):
         result = charlstm(*args)
