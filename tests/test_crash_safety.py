@@ -108,9 +108,15 @@ def reference_run(folder: Path, stop_at: int) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
-    # a first run compiles and caches the kernels, so that start-up is short in the runs killed
+    # first runs compile and cache the kernels of every path the killed runs take (training,
+    # evaluation, saving, resuming), so that start-up is short in the runs killed
     warm = make_folder(tmp_path / "warm")
-    assert charlstm(*train_args(warm, "--steps", 2, model=KILLED), timeout=900).returncode == 0
+    first = train_args(warm, "--steps", 2, "--eval-every", 1, model=KILLED)
+    assert charlstm(*first, timeout=900).returncode == 0
+    resumed = train_args(
+        warm, "--resume", warm / "models" / "m.last.npz", "--steps", 3, "--eval-every", 1, model=KILLED
+    )
+    assert charlstm(*resumed, timeout=900).returncode == 0
     folder = make_folder(tmp_path / "run")
     rng = random.Random(20240607)
     models = folder / "models"
