@@ -172,17 +172,6 @@ def _part_to_step_major(dst, src, lo):
                 d[r] = s[r]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def _part_columns(src, lo, Bp):
-    """A contiguous copy (R, Bp) of src (R, B)[:, lo:lo+Bp]."""
-    R = src.shape[0]
-    out = np.empty((R, Bp), dtype=src.dtype)
-    for k in range(R):
-        for r in range(Bp):
-            out[k, r] = src[k, lo + r]
-    return out
-
-
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def gather_step_major(act, table_T, tokens):
     """act (P, T, 4H, Bp)[p, t, k, r] = table_T (4H, V)[k, tokens[t*B + p*Bp + r]]: the first
@@ -224,9 +213,9 @@ def _train_forward_part(h_seq, h_prev_seq, act, c_steps, h_steps, WhT, b, h0, c0
     T, G, Bp = act.shape
     H = G // 4
     z = np.empty((G, Bp), dtype=act.dtype)  # Wh.T · h_{t-1}
-    h_first = _part_columns(h0, lo, Bp)
-    h = h_first.copy()  # (H, Bp) contiguous: the BLAS operand of the next step
-    c = _part_columns(c0, lo, Bp)
+    h_first = h0[:, lo : lo + Bp].copy()  # (H, Bp), contiguous copies of the part's columns
+    h = h_first.copy()  # the BLAS operand of the next step
+    c = c0[:, lo : lo + Bp].copy()
     for t in range(T):
         np.dot(WhT, h, z)
         at = act[t]
@@ -297,7 +286,7 @@ def _train_backward_part(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_step
     T, G, Bp = act.shape
     H = G // 4
     _part_to_step_major(dh_steps, dh_seq, lo)
-    c_first = _part_columns(c0, lo, Bp)
+    c_first = c0[:, lo : lo + Bp].copy()
     dh_next = np.zeros((H, Bp), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, Bp), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     one = dz.dtype.type(1.0)  # keeps float32 arithmetic in float32
@@ -430,16 +419,6 @@ def gather_rows(out, table, tokens):
         row = table[tokens[n]]
         for k in range(D):
             out[n, k] = row[k]
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def scatter_add_rows(dtable, grad_rows, tokens):
-    """dtable[tokens[n]] += grad_rows[n]: the backward of gather_rows."""
-    N, D = grad_rows.shape
-    for n in range(N):
-        row = dtable[tokens[n]]
-        for k in range(D):
-            row[k] += grad_rows[n, k]
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)

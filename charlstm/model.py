@@ -206,7 +206,6 @@ class _TrainBuffers:
     def __init__(self, config: ModelConfig, T: int, B: int, P: int, dtype: np.dtype):
         H, L, V = config.hidden, config.layers, config.vocab_size
         Bp = B // P
-        self.parts = P
         self.proj = np.empty((4 * H, T, B), dtype=dtype)  # a layer's input projection Wx.T·x
         self.act = np.empty((L, P, T, 4 * H, Bp), dtype=dtype)  # activated i, f, g, o
         self.c_steps = np.empty((L, P, T, H, Bp), dtype=dtype)  # cell memory
@@ -305,7 +304,7 @@ def _train_forward(
     ws.tokens[:] = inputs.reshape(T * B)
     _draw_masks(ws, dropout_rng)
 
-    P = tb.parts
+    P = ws.parts
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
         if layer == 0:
@@ -351,7 +350,7 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     L, H, V = config.layers, config.hidden, config.vocab_size
     tb = ws._training()
     flat_targets = np.ascontiguousarray(targets).reshape(T * B)
-    P = tb.parts
+    P = ws.parts
     loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets, P)
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), P)
