@@ -137,21 +137,21 @@ class Workspace:
     `forward` (inference: evaluation, gate inspection) fills row-major buffers and leaves every
     layer's gates, cell memory and hidden state in `gates` (L, T, B, 4H), `c_seq` and `h_seq`
     (L, T, B, H). `loss_and_grad` (training) works in the feature-major layout of
-    kernels.lstm_train_forward in buffers of its own, allocated on first use, with the batch
-    cut into `parts` of streams that numba's threads train side by side (default: one part
-    per thread when the batch divides evenly into parts of at least 8 streams).
+    kernels.lstm_train_forward in buffers of its own, allocated on first use, with the H units
+    cut into `bands`, one per numba thread (default: one per thread when H divides evenly into
+    bands of at least MIN_BAND units; else 1, serial).
     Dropout masks are drawn in one order, (L, H, T, B), by both passes, so the same generator
     gives both the same masks; `masks` shows them as (L, T, B, H).
     """
 
     def __init__(
-        self, config: ModelConfig, steps: int, batch: int, dtype: type = np.float32, parts: int | None = None
+        self, config: ModelConfig, steps: int, batch: int, dtype: type = np.float32, bands: int | None = None
     ):
         T, B, H, L = steps, batch, config.hidden, config.layers
         self.config, self.steps, self.batch, self.dtype = config, T, B, np.dtype(dtype)
-        self.parts = default_parts(B) if parts is None else parts
-        if self.parts < 1 or B % self.parts:
-            raise ValueError(f"a batch of {B} streams cannot be cut into {self.parts} equal parts")
+        self.bands = default_bands(H) if bands is None else bands
+        if self.bands < 1 or H % self.bands:
+            raise ValueError(f"{H} hidden units cannot be cut into {self.bands} equal bands")
         self.tokens = np.empty(T * B, dtype=np.int64)  # the window's inputs, t-major
         self.masks_fm = np.ones((L, H, T, B), dtype=dtype)  # dropout masks (0 or 1/(1-p))
         self.masks = self.masks_fm.transpose(0, 2, 3, 1)  # (L, T, B, H) view of the same
@@ -183,39 +183,38 @@ class Workspace:
 
     def _training(self) -> _TrainBuffers:
         if self._train is None:
-            self._train = _TrainBuffers(self.config, self.steps, self.batch, self.parts, self.dtype)
+            self._train = _TrainBuffers(self.config, self.steps, self.batch, self.bands, self.dtype)
         return self._train
 
 
-MIN_PART = 8  # streams: fewer per thread and the per-step products get too thin to pay
+MIN_BAND = 32  # units: fewer per thread and the per-step products get too thin to pay
 
 
-def default_parts(batch: int) -> int:
-    """How many parts of the batch to train side by side: one per numba thread, if the batch
-    divides evenly into parts of at least MIN_PART streams; else 1 (serial)."""
+def default_bands(hidden: int) -> int:
+    """How many bands of units to train side by side: one per numba thread, if the H units
+    divide evenly into bands of at least MIN_BAND; else 1 (serial)."""
     threads = numba.get_num_threads()
-    if threads > 1 and batch % threads == 0 and batch // threads >= MIN_PART:
+    if threads > 1 and hidden % threads == 0 and hidden // threads >= MIN_BAND:
         return threads
     return 1
 
 
 class _TrainBuffers:
     """The buffers of one training window: feature-major sequences for BLAS, step-major ones
-    for the step kernels, one block per part of Bp = B/P streams (see kernels.lstm_train_forward)."""
+    for the step kernels (see kernels.lstm_train_forward), U bands of Hu = H/U units."""
 
-    def __init__(self, config: ModelConfig, T: int, B: int, P: int, dtype: np.dtype):
+    def __init__(self, config: ModelConfig, T: int, B: int, U: int, dtype: np.dtype):
         H, L, V = config.hidden, config.layers, config.vocab_size
-        Bp = B // P
         self.proj = np.empty((4 * H, T, B), dtype=dtype)  # a layer's input projection Wx.T·x
-        self.act = np.empty((L, P, T, 4 * H, Bp), dtype=dtype)  # activated i, f, g, o
-        self.c_steps = np.empty((L, P, T, H, Bp), dtype=dtype)  # cell memory
+        self.act = np.empty((L, T, 4 * H, B), dtype=dtype)  # activated i, f, g, o
+        self.c_steps = np.empty((L, T, H, B), dtype=dtype)  # cell memory
         self.h_seq = np.empty((L, H, T, B), dtype=dtype)
         self.h_prev = np.empty((L, H, T, B), dtype=dtype)  # state before each step, for dWh
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
         self.Wx_T = np.empty((4 * H, H), dtype=dtype)  # contiguous transposes of the weights:
-        self.Wh_T = np.empty((4 * H, H), dtype=dtype)  # the BLAS operands
+        self.Wh_bands = np.empty((U, 4 * (H // U), H), dtype=dtype)  # the BLAS operands
         self.head_T = np.empty((V, H), dtype=dtype)
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
@@ -224,8 +223,15 @@ class _TrainBuffers:
         self.dlogits_T = np.empty((V, T * B), dtype=dtype)
         self.dz = np.empty((4 * H, T, B), dtype=dtype)
         self.dh = np.empty((H, T, B), dtype=dtype)
-        self.dz_steps = np.empty((P, T, 4 * H, Bp), dtype=dtype)  # step-major work of the kernels
-        self.h_steps = np.empty((P, T, H, Bp), dtype=dtype)
+        self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
+        self.h_steps = np.empty((T, H, B), dtype=dtype)
+        self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.spin)
+
+    def set_recurrent_weights(self, Wh: np.ndarray) -> None:
+        """Wh_bands (U, 4Hu, H) from Wh (H, 4H): band u holds the rows of Wh.T for the gates
+        i, f, g, o of its units u*Hu .. (u+1)*Hu - 1, stacked in that order."""
+        U, _, H = self.Wh_bands.shape
+        self.Wh_bands.reshape(U, 4, H // U, H)[...] = Wh.T.reshape(4, U, H // U, H).transpose(1, 0, 2, 3)
 
 
 def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
@@ -304,7 +310,7 @@ def _train_forward(
     ws.tokens[:] = inputs.reshape(T * B)
     _draw_masks(ws, dropout_rng)
 
-    P = ws.parts
+    U = ws.bands
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
         if layer == 0:
@@ -312,34 +318,28 @@ def _train_forward(
                 tb.table_T[...] = Wx.T  # one-hot input: column v of Wx.T is character v's
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
-            kernels.gather_step_major(tb.act[layer], tb.table_T, ws.tokens)
+            kernels.gather_step_major(tb.act[layer], tb.table_T, ws.tokens, U)
         else:
             tb.Wx_T[...] = Wx.T
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
-            kernels.matmul_rows(proj, tb.Wx_T, _train_output(ws, tb, layer - 1), P)
-            kernels.to_step_major(tb.act[layer], tb.proj)
-        tb.Wh_T[...] = params[f"lstm.{layer}.Wh"].T
+            kernels.matmul_rows(proj, tb.Wx_T, _train_output(ws, tb, layer - 1), U)
+            kernels.to_step_major(tb.act[layer], tb.proj, U)
+        tb.set_recurrent_weights(params[f"lstm.{layer}.Wh"])
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         kernels.lstm_train_forward(
             tb.h_seq[layer], tb.h_prev[layer], tb.act[layer], tb.c_steps[layer], tb.h_steps,
-            tb.Wh_T, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
+            tb.Wh_bands, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer], tb.meeting,
         )  # fmt: skip
         if ws.dropout_on:
             kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
         h[layer] = tb.h_seq[layer, :, T - 1].T
-        c[layer] = _last_cell(tb.c_steps[layer])
+        c[layer] = tb.c_steps[layer, T - 1].T
 
     tb.head_T[...] = params["head.W"].T
-    kernels.matmul_rows(tb.logits_T, tb.head_T, _train_output(ws, tb, L - 1), P)  # (V, T*B)
+    kernels.matmul_rows(tb.logits_T, tb.head_T, _train_output(ws, tb, L - 1), U)  # (V, T*B)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
     ws.logits = tb.logits_T.T
-
-
-def _last_cell(c_steps: np.ndarray) -> np.ndarray:
-    """The cell memory after the window's last step, (B, H), from the parts' (P, T, H, Bp)."""
-    P, T, H, Bp = c_steps.shape
-    return c_steps[:, T - 1].transpose(0, 2, 1).reshape(P * Bp, H)
 
 
 def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Workspace) -> float:
@@ -350,13 +350,13 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     L, H, V = config.layers, config.hidden, config.vocab_size
     tb = ws._training()
     flat_targets = np.ascontiguousarray(targets).reshape(T * B)
-    P = ws.parts
-    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets, P)
+    U = ws.bands
+    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets, U)
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
-    kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), P)
+    kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
     kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
     dh = tb.dh.reshape(H, T * B)
-    kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, P)
+    kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, U)
 
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
@@ -364,23 +364,23 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         kernels.lstm_train_backward(
             tb.dz, grads[f"lstm.{layer}.b"], tb.dh, tb.act[layer], tb.c_steps[layer],
-            params[f"lstm.{layer}.Wh"], tb.c0[layer], tb.dz_steps, tb.h_steps,
+            params[f"lstm.{layer}.Wh"], tb.c0[layer], tb.dz_steps, tb.h_steps, U, tb.meeting,
         )  # fmt: skip
         dz = tb.dz.reshape(4 * H, T * B)
         work = _transposed_gradient(tb, 4 * H, H)
         h_prev = tb.h_prev[layer].reshape(H, T * B)
-        kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, P)
+        kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
             tb.dtable_T[...] = 0.0
-            kernels.scatter_add_columns(tb.dtable_T, dz, ws.tokens, P)
+            kernels.scatter_add_columns(tb.dtable_T, dz, ws.tokens, U)
             if config.embed == 0:
                 dWx += tb.dtable_T.T
             else:
                 kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         else:
-            kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, P)
-            kernels.matmul_rows(dh, Wx, dz, P)  # gradient w.r.t. the layer below's output
+            kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
+            kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
     return loss
 
 
@@ -403,18 +403,18 @@ def loss_and_grad(
     window's final state), backward. Returns the mean loss in nats per character; the logits
     are left in ws.logits (T*B, V)."""
     grads.flat[:] = 0.0
-    with _one_pool_of_threads(ws.parts):
+    with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
         return _train_backward(params, grads, targets, ws)
 
 
 @contextlib.contextmanager
-def _one_pool_of_threads(parts: int) -> Iterator[None]:
+def _one_pool_of_threads(bands: int) -> Iterator[None]:
     """Training work on one pool of threads only: two pools spin between their calls and fight
-    each other for the cores. With the batch in parts, numba's pool does everything and BLAS
-    runs on the calling thread; with one part, BLAS's pool runs the products and numba's
+    each other for the cores. With the units in bands, numba's pool does everything and BLAS
+    runs on the calling thread; with one band, BLAS's pool runs the products and numba's
     kernels stay on the calling thread."""
-    if parts > 1:
+    if bands > 1:
         with blas_threads.limited_to(1):
             yield
         return

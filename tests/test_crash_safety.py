@@ -184,12 +184,12 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-# a batch of 4 trains in one part; 16 on two threads in two parts, each walked by its own thread
-@pytest.mark.parametrize("batch", [4, 16])
-def test_same_seed_same_checkpoints_bit_for_bit(tmp_path, batch):
+# 8 units train serially; 64 on two threads in two bands of 32, which meet after every step
+@pytest.mark.parametrize("hidden", [8, 64])
+def test_same_seed_same_checkpoints_bit_for_bit(tmp_path, hidden):
     folder = make_folder(tmp_path / "run")
     args = train_args(folder, "--steps", 30, "--eval-every", 10, "--dropout", 0.2, "--random-seed", 7)
-    args += ["--batch-size", str(batch)]
+    args[args.index("--hidden") + 1] = str(hidden)
     runs = []
     for i in range(2):
         result = charlstm(*args)

@@ -7,6 +7,9 @@ against their textbook formulas written out here. float64 comparisons are tight;
 through a rational tanh/sigmoid approximation (error ~4e-7), so its tolerances are looser.
 """
 
+import dataclasses
+
+import numba
 import numpy as np
 import pytest
 import reference
@@ -63,11 +66,11 @@ def run_forward(params, inputs, h0, c0):
     return logits, h, c, ws
 
 
-def run_loss_and_grad(params, inputs, targets, h0, c0, parts=1):
+def run_loss_and_grad(params, inputs, targets, h0, c0, bands=1):
     """Engine loss and gradients (a new Params) from copies of h0, c0; masks as run_forward.
-    parts: how many parts of the batch the training kernels run side by side."""
+    bands: how many bands of units the training kernels run side by side."""
     T, B = inputs.shape
-    ws = Workspace(params.config, T, B, params.dtype, parts=parts)
+    ws = Workspace(params.config, T, B, params.dtype, bands=bands)
     grads = Params.zeros(params.config, params.dtype)
     h = h0.astype(params.dtype)
     c = c0.astype(params.dtype)
@@ -160,24 +163,35 @@ def test_gradients_match_reference(config):
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
 
 
-PARTED = {"onehot": SMALL["L2-onehot"], "embed-dropout": SMALL["L2-embed-dropout"]}
+BANDED = {
+    "onehot": ModelConfig(vocab_size=7, layers=2, hidden=6, embed=0),
+    "embed-dropout": ModelConfig(vocab_size=7, layers=2, hidden=6, embed=4, dropout=0.3),
+}
 
 
-@pytest.mark.parametrize("parts", [2, 4])
-@pytest.mark.parametrize("config", PARTED.values(), ids=PARTED.keys())
-def test_batch_in_parts_trains_like_the_reference(config, parts):
-    """The batch cut into parts (one per thread when training): the same loss, every gradient,
-    the logits and the state carried out as the reference, each stream in its own part."""
+def train_once(config, bands, seed=14):
+    """loss_and_grad on a 6x4 window: (loss, grads, h, c, ws) and the reference's
+    (loss, grads, forward record) for the same weights, state and dropout masks."""
     T, B = 6, 4
-    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=14)
-    ws = Workspace(config, T, B, np.float64, parts=parts)
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=seed)
+    ws = Workspace(config, T, B, np.float64, bands=bands)
     grads = Params.zeros(config, np.float64)
     h, c = h0.copy(), c0.copy()
     loss = loss_and_grad(params, grads, inputs, targets, h, c, ws, dropout_rng(config))
     masks = reference_masks(ws)
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)
     ref = reference.forward(as_weights(params), inputs, h0, c0, masks)
+    return (loss, grads, h, c, ws), (ref_loss, ref_grads, ref)
 
+
+@pytest.mark.parametrize("bands", [2, 3, 6])
+@pytest.mark.parametrize("config", BANDED.values(), ids=BANDED.keys())
+def test_units_in_bands_train_like_the_reference(config, bands):
+    """The units cut into bands (one per thread when training): the same loss, every gradient,
+    the logits and the state carried out as the reference. More bands than threads (3, 6 on
+    two) make the kernels fall back to one thread doing every band."""
+    (loss, grads, h, c, ws), (ref_loss, ref_grads, ref) = train_once(config, bands)
+    T, B = ws.steps, ws.batch
     assert abs(loss - ref_loss) <= 1e-12
     for name in grads.names():
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
@@ -186,23 +200,50 @@ def test_batch_in_parts_trains_like_the_reference(config, parts):
     np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
 
 
-def test_a_batch_that_does_not_divide_into_parts_is_refused():
-    with pytest.raises(ValueError, match="cannot be cut into 3 equal parts"):
-        Workspace(SMALL["L1-embed"], 4, 4, np.float64, parts=3)
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
+def test_bands_on_one_thread_or_two_give_the_same_bits():
+    """Two bands on two threads meet after every step (spin.meet); on one thread, the only
+    member that comes claims the work and does both bands (spin.join_team). Both ways do
+    the same arithmetic in the same order: identical results, whichever way a run goes."""
+    config = BANDED["embed-dropout"]
+    together = []
+    for _ in range(3):  # a shared host may delay a thread past the patience: try a few times
+        (loss, grads, h, c, ws), _ = train_once(config, 2)
+        together.append(ws._training().meeting[0] == 2)  # both members joined
+        if together[-1]:
+            break
+    assert any(together), "two threads never met in three tries"
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        (loss_1, grads_1, h_1, c_1, ws_1), _ = train_once(config, 2)
+    finally:
+        numba.set_num_threads(before)
+    assert ws_1._training().meeting[0] < 0  # claimed by the one member that came
+    assert loss_1 == loss
+    assert np.array_equal(grads_1.flat, grads.flat)
+    assert np.array_equal(h_1, h) and np.array_equal(c_1, c)
 
 
-@pytest.mark.parametrize("parts", [1, 2])
+def test_hidden_units_that_do_not_divide_into_bands_are_refused():
+    with pytest.raises(ValueError, match="5 hidden units cannot be cut into 2 equal bands"):
+        Workspace(SMALL["L1-embed"], 4, 4, np.float64, bands=2)
+
+
+@pytest.mark.parametrize("bands", [1, 2])
 @pytest.mark.parametrize("config", TINY.values(), ids=TINY.keys())
-def test_gradients_match_finite_differences(config, parts):
+def test_gradients_match_finite_differences(config, bands):
     """Every element of every parameter, through the mean cross-entropy with random targets
     (dropout masks held fixed by reseeding). Relative error per tensor as in relative_error.
-    With the batch in two parts too: each stream then goes through its own part's kernels."""
+    With the units in two bands too (4 units instead of 3), each band in its own kernels."""
+    if bands == 2:
+        config = dataclasses.replace(config, hidden=4)
     T, B = 4, 2
     params, inputs, targets, h0, c0 = make_case(config, T, B, seed=4)
-    _, grads, _ = run_loss_and_grad(params, inputs, targets, h0, c0, parts)
+    _, grads, _ = run_loss_and_grad(params, inputs, targets, h0, c0, bands)
 
     def loss():
-        return run_loss_and_grad(params, inputs, targets, h0, c0, parts)[0]
+        return run_loss_and_grad(params, inputs, targets, h0, c0, bands)[0]
 
     numeric = Params(config, numeric_gradient(loss, params.flat))
     errors = {name: relative_error(numeric[name], grads[name]) for name in params.names()}
