@@ -161,11 +161,9 @@ def _activate_cell(h, c, z, c_prev):
 def to_step_major(act, proj, threads):
     """act (T, R, B)[t, k] = proj (R, T, B)[k, t]: a feature-major sequence, step-major, in
     `threads` bands of rows."""
-    T, R, B = act.shape
     for p in prange(threads):
-        for k in range(p * R // threads, (p + 1) * R // threads):
-            for t in range(T):
-                act[t, k] = proj[k, t]
+        R = act.shape[1]
+        _to_step_major_rows(act, proj, p * R // threads, (p + 1) * R // threads)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
@@ -175,10 +173,10 @@ def gather_step_major(act, table_T, tokens, threads):
     into the step-major buffer, in `threads` bands of rows. tokens (T*B,), t-major."""
     T, G, B = act.shape
     for p in prange(threads):
-        for k in range(p * G // threads, (p + 1) * G // threads):
-            row = table_T[k]
-            for t in range(T):
-                tok = tokens[t * B : (t + 1) * B]
+        for t in range(T):  # each step's block written in order
+            tok = tokens[t * B : (t + 1) * B]
+            for k in range(p * G // threads, (p + 1) * G // threads):
+                row = table_T[k]
                 dst = act[t, k]
                 for r in range(B):
                     dst[r] = row[tok[r]]
@@ -256,11 +254,16 @@ def _forward_band_step(act, c_steps, h_steps, z, Wh_band, b, h0, c0, t, lo):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
     """Rows lo .. hi-1 of h_seq and h_prev_seq (H, T, B) from h_steps (T, H, B) and h0 (H, B)."""
-    T = h_steps.shape[0]
+    T, H, B = h_steps.shape
     for j in range(lo, hi):
         for t in range(T):
-            h_seq[j, t] = h_steps[t, j]
-            h_prev_seq[j, t] = h_steps[t - 1, j] if t > 0 else h0[j]
+            src = h_steps[t, j]
+            before = h_steps[t - 1, j] if t > 0 else h0[j]
+            dst = h_seq[j, t]
+            prev = h_prev_seq[j, t]
+            for r in range(B):  # explicit loops: numba's slice assignment costs more per row
+                dst[r] = src[r]
+                prev[r] = before[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
@@ -343,10 +346,13 @@ def _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo
 @njit(cache=True, error_model="numpy", nogil=True)
 def _to_step_major_rows(dst, src, lo, hi):
     """dst (T, R, B)[t, k] = src (R, T, B)[k, t] for the rows lo .. hi-1."""
-    T = dst.shape[0]
+    T, R, B = dst.shape
     for k in range(lo, hi):
         for t in range(T):
-            dst[t, k] = src[k, t]
+            d = dst[t, k]
+            s = src[k, t]
+            for r in range(B):
+                d[r] = s[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
