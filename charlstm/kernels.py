@@ -393,6 +393,44 @@ def matmul_add(out, a, b):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def transpose_into(out, a, threads):
+    """out (N, M) = a (M, N).T, in `threads` bands of out's rows: the contiguous transposes
+    BLAS takes (NumPy's strided copy runs at a fraction of the memory bandwidth)."""
+    N = out.shape[0]
+    for p in prange(threads):
+        lo, hi = p * N // threads, (p + 1) * N // threads
+        _transpose(out[lo:hi], a[:, lo:hi])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def transpose_into_bands(out, a):
+    """out (U, 4Hu, I)[u, q*Hu + j] = a (I, 4H)[:, q*H + u*Hu + j]: the rows of a.T for the
+    gates q = i, f, g, o of band u's units, stacked (kernels.lstm_train_forward's Wh_bands);
+    one band per thread."""
+    U, G_band, _ = out.shape
+    Hu = G_band // 4
+    H = Hu * U
+    for u in prange(U):
+        for q in range(4):
+            lo = q * H + u * Hu
+            _transpose(out[u, q * Hu : (q + 1) * Hu], a[:, lo : lo + Hu])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _transpose(out, a):
+    """out (N, M) = a (M, N).T in tiles of 8 x 8, so that reads and writes both stay in
+    a few cache lines at a time."""
+    M, N = a.shape
+    for i0 in range(0, M, 8):
+        i1 = min(i0 + 8, M)
+        for j0 in range(0, N, 8):
+            for j in range(j0, min(j0 + 8, N)):
+                row = out[j]
+                for i in range(i0, i1):
+                    row[i] = a[i, j]
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def matmul_rows(out, a, b, threads):
     """matmul in `threads` bands of out's rows, one per numba thread (BLAS on one thread in
     each). out (M, N) and a (M, K) C-contiguous; b may be a transposed view."""

@@ -227,12 +227,6 @@ class _TrainBuffers:
         self.h_steps = np.empty((T, H, B), dtype=dtype)
         self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.spin)
 
-    def set_recurrent_weights(self, Wh: np.ndarray) -> None:
-        """Wh_bands (U, 4Hu, H) from Wh (H, 4H): band u holds the rows of Wh.T for the gates
-        i, f, g, o of its units u*Hu .. (u+1)*Hu - 1, stacked in that order."""
-        U, _, H = self.Wh_bands.shape
-        self.Wh_bands.reshape(U, 4, H // U, H)[...] = Wh.T.reshape(4, U, H // U, H).transpose(1, 0, 2, 3)
-
 
 def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
     p = ws.config.dropout
@@ -315,16 +309,16 @@ def _train_forward(
         Wx = params[f"lstm.{layer}.Wx"]
         if layer == 0:
             if config.embed == 0:
-                tb.table_T[...] = Wx.T  # one-hot input: column v of Wx.T is character v's
+                kernels.transpose_into(tb.table_T, Wx, U)  # one-hot: column v of Wx.T is character v's
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
             kernels.gather_step_major(tb.act[layer], tb.table_T, ws.tokens, U)
         else:
-            tb.Wx_T[...] = Wx.T
+            kernels.transpose_into(tb.Wx_T, Wx, U)
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
             kernels.matmul_rows(proj, tb.Wx_T, _train_output(ws, tb, layer - 1), U)
             kernels.to_step_major(tb.act[layer], tb.proj, U)
-        tb.set_recurrent_weights(params[f"lstm.{layer}.Wh"])
+        kernels.transpose_into_bands(tb.Wh_bands, params[f"lstm.{layer}.Wh"])
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         kernels.lstm_train_forward(
@@ -336,7 +330,7 @@ def _train_forward(
         h[layer] = tb.h_seq[layer, :, T - 1].T
         c[layer] = tb.c_steps[layer, T - 1].T
 
-    tb.head_T[...] = params["head.W"].T
+    kernels.transpose_into(tb.head_T, params["head.W"], U)
     kernels.matmul_rows(tb.logits_T, tb.head_T, _train_output(ws, tb, L - 1), U)  # (V, T*B)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
     ws.logits = tb.logits_T.T
