@@ -358,21 +358,26 @@ def _to_step_major_rows(dst, src, lo, hi):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi):
     """dz (4H, T, B) = dz_steps (T, 4H, B) for the gate rows of units lo .. hi-1, adding their
-    sums to db (4H,): one float64 sum per stream, so that the additions vectorise along the row
-    instead of each waiting on the last."""
+    sums to db (4H,): one running sum per stream, in dz's precision, over the T steps (so that
+    the additions vectorise along the row instead of each waiting on the last), then the B
+    stream sums added in float64."""
     T, G, B = dz_steps.shape
     H = G // 4
-    part = np.empty(B, dtype=np.float64)
+    per_stream = np.empty(B, dtype=dz.dtype)
     for q in range(4):
         for k in range(q * H + lo, q * H + hi):
-            part[:] = 0.0
+            per_stream[:] = 0.0
             for t in range(T):
                 src = dz_steps[t, k]
                 dst = dz[k, t]
                 for r in range(B):
-                    dst[r] = src[r]
-                    part[r] += src[r]
-            db[k] += part.sum()
+                    x = src[r]
+                    dst[r] = x
+                    per_stream[r] += x
+            total = 0.0
+            for r in range(B):
+                total += per_stream[r]
+            db[k] += total
 
 
 # --------------------------------------------------------------------------------------------
