@@ -405,16 +405,17 @@ def loss_and_grad(
 @contextlib.contextmanager
 def _one_pool_of_threads(bands: int) -> Iterator[None]:
     """Training work on one pool of threads only: two pools spin between their calls and fight
-    each other for the cores. With the units in bands, numba's pool does everything and BLAS
-    runs on the calling thread; with one band, BLAS's pool runs the products and numba's
-    kernels stay on the calling thread."""
-    if bands > 1:
-        with blas_threads.limited_to(1):
-            yield
-        return
+    each other for the cores. With the units in bands, numba's pool does everything, one
+    thread per band (as many as numba has, if fewer), and BLAS runs on the calling thread;
+    with one band, BLAS's pool runs the products and numba's kernels stay on the calling
+    thread."""
     before = numba.get_num_threads()
-    numba.set_num_threads(1)
+    numba.set_num_threads(min(bands, numba.config.NUMBA_NUM_THREADS))
     try:
-        yield
+        if bands > 1:
+            with blas_threads.limited_to(1):
+                yield
+        else:
+            yield
     finally:
         numba.set_num_threads(before)

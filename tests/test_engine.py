@@ -200,29 +200,48 @@ def test_units_in_bands_train_like_the_reference(config, bands):
     np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
 
 
+def run_band_kernels(threads, seed=21, T=5, B=3, H=6, bands=2):
+    """lstm_train_forward then lstm_train_backward on random float64 inputs, with numba on
+    `threads` threads: (every output, how the forward's team met, how the backward's did);
+    the latter is meeting[0]: the number of members that joined, or negative if one member
+    claimed all the work (spin.join_team)."""
+    rng = np.random.default_rng(seed)
+    G = 4 * H
+    Wh = rng.normal(size=(H, G)) / np.sqrt(H)
+    b, h0, c0 = rng.normal(size=G), rng.normal(size=(H, B)), rng.normal(size=(H, B))
+    act = rng.normal(size=(T, G, B))
+    Wh_bands = np.empty((bands, G // bands, H))
+    kernels.transpose_into_bands(Wh_bands, Wh)
+    c_steps, h_steps = np.empty((T, H, B)), np.empty((T, H, B))
+    h_seq, h_prev = np.empty((H, T, B)), np.empty((H, T, B))
+    dz, db, dz_steps = np.empty((G, T, B)), np.zeros(G), np.empty((T, G, B))
+    dh_seq = rng.normal(size=(H, T, B))
+    meeting = np.zeros(2, dtype=np.int64)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        kernels.lstm_train_forward(h_seq, h_prev, act, c_steps, h_steps, Wh_bands, b, h0, c0, meeting)
+        forward_met = meeting[0]
+        kernels.lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, h_steps, bands, meeting)
+    finally:
+        numba.set_num_threads(before)
+    return (h_seq, h_prev, act, c_steps, dz, db), forward_met, meeting[0]
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
 def test_bands_on_one_thread_or_two_give_the_same_bits():
     """Two bands on two threads meet after every step (spin.meet); on one thread, the only
     member that comes claims the work and does both bands (spin.join_team). Both ways do
     the same arithmetic in the same order: identical results, whichever way a run goes."""
-    config = BANDED["embed-dropout"]
-    together = []
     for _ in range(3):  # a shared host may delay a thread past the patience: try a few times
-        (loss, grads, h, c, ws), _ = train_once(config, 2)
-        together.append(ws._training().meeting[0] == 2)  # both members joined
-        if together[-1]:
+        together, forward_met, backward_met = run_band_kernels(threads=2)
+        if forward_met == backward_met == 2:  # both members joined, both times
             break
-    assert any(together), "two threads never met in three tries"
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        (loss_1, grads_1, h_1, c_1, ws_1), _ = train_once(config, 2)
-    finally:
-        numba.set_num_threads(before)
-    assert ws_1._training().meeting[0] < 0  # claimed by the one member that came
-    assert loss_1 == loss
-    assert np.array_equal(grads_1.flat, grads.flat)
-    assert np.array_equal(h_1, h) and np.array_equal(c_1, c)
+    assert forward_met == backward_met == 2, "two threads never met in three tries"
+    alone, forward_met, backward_met = run_band_kernels(threads=1)
+    assert forward_met < 0 and backward_met < 0  # claimed by the one member that came
+    for name, x, y in zip(("h_seq", "h_prev", "act", "c_steps", "dz", "db"), together, alone, strict=True):
+        assert np.array_equal(x, y), name
 
 
 def test_hidden_units_that_do_not_divide_into_bands_are_refused():
