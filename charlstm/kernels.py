@@ -436,6 +436,19 @@ def _transpose(out, a):
                     row[i] = a[i, j]
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def _add_transposed(out, a):
+    """out (N, M) += a (M, N).T, in tiles like _transpose."""
+    M, N = a.shape
+    for i0 in range(0, M, 8):
+        i1 = min(i0 + 8, M)
+        for j0 in range(0, N, 8):
+            for j in range(j0, min(j0 + 8, N)):
+                row = out[j]
+                for i in range(i0, i1):
+                    row[i] += a[i, j]
+
+
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def matmul_rows(out, a, b, threads):
     """matmul in `threads` bands of out's rows, one per numba thread (BLAS on one thread in
@@ -456,10 +469,7 @@ def add_weight_gradient(dW, dz, x, dW_T, threads):
     for p in prange(threads):
         lo, hi = p * G // threads, (p + 1) * G // threads
         np.dot(dz[lo:hi], x.T, dW_T[lo:hi])
-        for i in range(x.shape[0]):
-            row = dW[i, lo:hi]
-            for k in range(hi - lo):
-                row[k] += dW_T[lo + k, i]
+        _add_transposed(dW[:, lo:hi], dW_T[lo:hi])
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
