@@ -662,19 +662,27 @@ def clip_grad_norm(grad, max_norm):
 def adam_step(theta, m, v, grad, decay_mask, step, lr, beta1, beta2, eps, weight_decay):
     """One Adam update with bias correction (Kingma & Ba) and decoupled weight decay
     (Loshchilov & Hutter) on the flat buffers theta, m, v (P,). step counts from 1.
-    decay_mask (P,) is 1 where weight decay applies (matrices) and 0 elsewhere (biases)."""
+    decay_mask (P,) is 1 where weight decay applies (matrices) and 0 elsewhere (biases).
+    The per-weight arithmetic runs in the buffers' precision (as PyTorch's does) and without
+    a branch, so that it vectorises; the step's constants are worked out in float64 first."""
     bc1 = 1.0 - beta1**step
     bc2 = 1.0 - beta2**step
-    step_size = lr / bc1
-    inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
-    shrink = lr * weight_decay
+    real = theta.dtype.type
+    keep_m, take_m = real(beta1), real(1.0 - beta1)
+    keep_v, take_v = real(beta2), real(1.0 - beta2)
+    step_size = real(lr / bc1)
+    inv_sqrt_bc2 = real(1.0 / math.sqrt(bc2))
+    shrink = real(lr * weight_decay)
+    tiny = real(eps)
     for k in range(theta.size):
         g = grad[k]
-        m[k] = beta1 * m[k] + (1.0 - beta1) * g
-        v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
-        if decay_mask[k] != 0:
-            theta[k] -= shrink * theta[k]
-        theta[k] -= step_size * m[k] / (math.sqrt(v[k]) * inv_sqrt_bc2 + eps)
+        mk = keep_m * m[k] + take_m * g
+        vk = keep_v * v[k] + take_v * g * g
+        m[k] = mk
+        v[k] = vk
+        w = theta[k]
+        w -= (shrink * decay_mask[k]) * w  # decay_mask is 0 or 1
+        theta[k] = w - step_size * mk / (np.sqrt(vk) * inv_sqrt_bc2 + tiny)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
