@@ -423,30 +423,21 @@ def transpose_into_bands(out, a):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _transpose(out, a):
-    """out (N, M) = a (M, N).T in tiles of 8 x 8, so that reads and writes both stay in
-    a few cache lines at a time."""
+def _transpose(out, a, add=False):
+    """out (N, M) = a (M, N).T, or += with add, in tiles of 8 x 8, so that reads and writes
+    both stay in a few cache lines at a time."""
     M, N = a.shape
     for i0 in range(0, M, 8):
         i1 = min(i0 + 8, M)
         for j0 in range(0, N, 8):
             for j in range(j0, min(j0 + 8, N)):
                 row = out[j]
-                for i in range(i0, i1):
-                    row[i] = a[i, j]
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def _add_transposed(out, a):
-    """out (N, M) += a (M, N).T, in tiles like _transpose."""
-    M, N = a.shape
-    for i0 in range(0, M, 8):
-        i1 = min(i0 + 8, M)
-        for j0 in range(0, N, 8):
-            for j in range(j0, min(j0 + 8, N)):
-                row = out[j]
-                for i in range(i0, i1):
-                    row[i] += a[i, j]
+                if add:
+                    for i in range(i0, i1):
+                        row[i] += a[i, j]
+                else:
+                    for i in range(i0, i1):
+                        row[i] = a[i, j]
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
@@ -469,7 +460,7 @@ def add_weight_gradient(dW, dz, x, dW_T, threads):
     for p in prange(threads):
         lo, hi = p * G // threads, (p + 1) * G // threads
         np.dot(dz[lo:hi], x.T, dW_T[lo:hi])
-        _add_transposed(dW[:, lo:hi], dW_T[lo:hi])
+        _transpose(dW[:, lo:hi], dW_T[lo:hi], True)  # added in
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
