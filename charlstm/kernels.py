@@ -204,16 +204,13 @@ def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, Wh_bands, b, h0
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
-        if how == spin.TOGETHER:
-            for t in range(T):
-                _forward_band_step(act, c_steps, h_steps, z[u], Wh_bands[u], b, h0, c0, t, u * Hu)
+        first, last = spin.share(how, u, U)  # the bands this thread walks
+        for t in range(T):
+            for v in range(first, last):
+                _forward_band_step(act, c_steps, h_steps, z[v], Wh_bands[v], b, h0, c0, t, v * Hu)
+            if how == spin.TOGETHER:
                 spin.meet(meeting, U, t)
-            _to_feature_major(h_seq, h_prev_seq, h_steps, h0, u * Hu, (u + 1) * Hu)
-        elif how == spin.ALONE:
-            for t in range(T):
-                for v in range(U):
-                    _forward_band_step(act, c_steps, h_steps, z[v], Wh_bands[v], b, h0, c0, t, v * Hu)
-            _to_feature_major(h_seq, h_prev_seq, h_steps, h0, 0, H)
+        _to_feature_major(h_seq, h_prev_seq, h_steps, h0, first * Hu, last * Hu)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -288,26 +285,17 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
-        if how == spin.TOGETHER:
-            lo, hi = u * Hu, (u + 1) * Hu
-            _to_step_major_rows(dh_steps, dh_seq, lo, hi)
-            for t in range(T - 1, -1, -1):
-                _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
+        first, last = spin.share(how, u, U)  # the bands this thread walks
+        lo, hi = first * Hu, last * Hu  # their units
+        _to_step_major_rows(dh_steps, dh_seq, lo, hi)
+        for t in range(T - 1, -1, -1):
+            _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
+            if how == spin.TOGETHER:
                 spin.meet(meeting, U, T - 1 - t)  # all of dz_steps[t] is written
-                if t > 0:
-                    np.dot(Wh[lo:hi], dz_steps[t], dh_next[lo:hi])
-            _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
-        elif how == spin.ALONE:
-            _to_step_major_rows(dh_steps, dh_seq, 0, H)
-            for t in range(T - 1, -1, -1):
-                for v in range(U):
-                    lo, hi = v * Hu, (v + 1) * Hu
-                    _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
-                if t > 0:
-                    for v in range(U):
-                        lo, hi = v * Hu, (v + 1) * Hu
-                        np.dot(Wh[lo:hi], dz_steps[t], dh_next[lo:hi])
-            _gate_rows_to_feature_major(dz, db, dz_steps, 0, H)
+            if t > 0:
+                for v in range(first, last):  # band by band, the same products either way
+                    np.dot(Wh[v * Hu : (v + 1) * Hu], dz_steps[t], dh_next[v * Hu : (v + 1) * Hu])
+        _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -3,7 +3,8 @@ spin loops built on them. numba offers no barrier, and ending the parallel regio
 time step of a recurrence (to start a new one) costs more than the step.
 
 A kernel zeroes a `meeting` counter pair (2,) int64, opens `prange(team)` and calls
-`join_team` once per member, then `meet` after each step of shared work:
+`join_team` once per member, `share` for the members whose work that thread does, then,
+if together, `meet` after each step of shared work:
   meeting[0] counts the members that joined; meeting[1] the arrivals at meeting points.
 Whether the members of a prange really run at once is up to the threading layer (fewer threads
 than members, or a busy work-stealing pool, run them one after another). So `join_team` waits a
@@ -100,6 +101,17 @@ def join_team(meeting, team, patience):
         if spins > patience and atomic_replace(meeting, 0, seen, _CLAIMED) == 1:
             return ALONE
         relax()
+
+
+@njit(cache=True, nogil=True)
+def share(how, member, team):
+    """(first, last): the members whose work this thread does after join_team said `how`:
+    its own when TOGETHER, all of them when ALONE, none when NOTHING."""
+    if how == TOGETHER:
+        return member, member + 1
+    if how == ALONE:
+        return 0, team
+    return 0, 0
 
 
 @njit(cache=True, nogil=True)
