@@ -13,8 +13,9 @@ Backward kernels *add* into gradient buffers; the caller zeroes them.
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from . import spin
 
@@ -28,6 +29,22 @@ def tanh(x):
 def sigmoid(x):
     """Logistic function for scalars inside kernels, dispatched on precision like tanh."""
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def exp(x):
+    """e**x for scalars inside kernels: libm's in float64, a vectorisable one in float32."""
+    return math.exp(x)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (a free reinterpretation,
+    which LLVM vectorises like any other instruction)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
 
 
 @overload(tanh, inline="always")
@@ -81,6 +98,38 @@ def _sigmoid_overload(x):
         return e / (1.0 + e)
 
     return sigmoid_exact
+
+
+@overload(exp, inline="always")
+def _exp_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        # libm's expf is a scalar call per element, the bulk of the softmax's time. Instead:
+        # e**x = 2**n * e**r with n = round(x / ln 2) and |r| <= ln(2)/2, e**r from its
+        # degree-7 Taylor-like minimax polynomial (Cephes' expf coefficients, within 2 ulp),
+        # and 2**n put together from its exponent bits. x is clamped to [-87, 88], where 2**n
+        # stays a normal float: below, the result is ~1e-38 instead of 0, a difference no
+        # softmax sees.
+        def exp_f32(x):
+            y = min(max(x, np.float32(-87.0)), np.float32(88.0))
+            n = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
+            r = y - n * np.float32(0.693359375)  # ln 2 in two parts, the first exact in float32
+            r = r - n * np.float32(-2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            e_r = p * r * r + r + np.float32(1.0)
+            two_n = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+            return e_r * two_n
+
+        return exp_f32
+
+    def exp_exact(x):
+        return math.exp(x)
+
+    return exp_exact
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +423,58 @@ def _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi):
 # BLAS would start a second thread pool whose spinning threads fight this one for the cores.
 
 
+def gemm(out, a, b, beta):
+    """out (M, N) = a (M, K) · b (K, N) + beta * out, in one BLAS call (sgemm or dgemm) for any
+    2-D views whose rows or columns are contiguous: a block of steps cut from a longer buffer,
+    a transpose. np.dot copies such views first; this reads them where they lie."""
+    np.dot(a, b, out)
+
+
+def _blas_gemm(dtype):
+    """numba's own entry to SciPy's ?gemm (the one np.dot calls), column-major like BLAS:
+    (kind, transa, transb, m, n, k, *alpha, *a, lda, *b, ldb, *beta, *c, ldc) -> status."""
+    p = types.CPointer(dtype)
+    sig = types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
+                     p, p, types.intp, p, types.intp, p, p, types.intp)  # fmt: skip
+    return types.ExternalFunction("numba_xxgemm", sig)
+
+
+@njit(cache=True, nogil=True)
+def _blas_operand(x, item):
+    """How BLAS, column-major, sees the row-major view x (rows, cols) of itemsize `item` when
+    it needs x.T: the transpose flag and the leading dimension (any value >= the rows it
+    spans serves when one of x's axes has length 1)."""
+    rows, cols = x.shape
+    if x.strides[1] == item or cols <= 1:
+        return ord("n"), max(x.strides[0] // item, cols, 1)
+    return ord("t"), max(x.strides[1] // item, rows, 1)
+
+
+@overload(gemm)
+def _gemm_overload(out, a, b, beta):
+    dtype = out.dtype
+    xxgemm = _blas_gemm(dtype)
+    kind = ord("s") if dtype.bitwidth == 32 else ord("d")
+    item = dtype.bitwidth // 8
+
+    def impl(out, a, b, beta):
+        M, N = out.shape
+        K = a.shape[1]
+        if M == 0 or N == 0:
+            return
+        scalars = np.empty(2, dtype=out.dtype)  # alpha, beta: BLAS takes them by address
+        scalars[0] = 1.0
+        scalars[1] = beta
+        # Row-major out = a·b is column-major out.T = b.T · a.T: b comes first.
+        trans_b, ld_b = _blas_operand(b, item)
+        trans_a, ld_a = _blas_operand(a, item)
+        ld_out = max(out.strides[0] // item, N, 1)
+        xxgemm(kind, trans_b, trans_a, N, M, K, scalars[0:].ctypes, b.ctypes, ld_b,
+               a.ctypes, ld_a, scalars[1:].ctypes, out.ctypes, ld_out)  # fmt: skip
+
+    return impl
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def matmul(out, a, b):
     """out (M, N) = a (M, K) · b (K, N); a and b may be transposed views."""
@@ -535,7 +636,7 @@ def softmax_cross_entropy(dlogits, logits, targets):
                 m = row[k]
         s = 0.0
         for k in range(V):
-            e = math.exp(row[k] - m)
+            e = exp(row[k] - m)
             dlogits[n, k] = e
             s += e
         total += math.log(s) + m - row[targets[n]]
@@ -574,7 +675,7 @@ def _cross_entropy_band(dlogits, logits, targets, lo, hi):
         row = logits[k, lo:hi]
         drow = dlogits[k, lo:hi]
         for n in range(hi - lo):
-            e = math.exp(row[n] - m[n])
+            e = exp(row[n] - m[n])
             drow[n] = e
             s[n] += e
     total = 0.0

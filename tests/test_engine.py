@@ -4,7 +4,8 @@ The model is checked against the plain NumPy reference in tests/reference.py (fo
 gates and state, gradients), against central finite differences on tiny shapes, and against
 itself split into windows with carried state. The loss, clipping and Adam kernels are checked
 against their textbook formulas written out here. float64 comparisons are tight; float32 goes
-through a rational tanh/sigmoid approximation (error ~4e-7), so its tolerances are looser.
+through a rational tanh/sigmoid approximation (error ~4e-7) and a polynomial exp (2 ulps), so
+its tolerances are looser.
 """
 
 import dataclasses
@@ -368,6 +369,55 @@ def test_softmax_cross_entropy_huge_logits(dtype):
     assert abs(loss - expected) <= 1e-12 * expected
     expected_grad = np.array([[0.0, 0.0, 0.0], [-1.0, 0.5, 0.5], [1 / 3, 1 / 3, -2 / 3]]) / 3
     np.testing.assert_allclose(dlogits, expected_grad, rtol=0, atol=1e-7)
+
+
+@numba.njit
+def _exp_each(out, x):
+    for n in range(x.size):
+        out[n] = kernels.exp(x[n])
+
+
+def test_float32_exp_is_within_two_ulps_and_exact_at_zero():
+    x = np.linspace(-87.0, 88.0, 1_000_001, dtype=np.float32)
+    x[0] = 0.0
+    out = np.empty_like(x)
+    _exp_each(out, x)
+    exact = np.exp(x.astype(np.float64))
+    assert out[0] == 1.0
+    assert np.max(np.abs(out - exact) / exact) <= 2 * 2.0**-24
+    # clamped outside the normal range: tiny but never 0 or denormal, huge but finite
+    _exp_each(out[:3], np.array([-1e4, -88.7, 1e4], dtype=np.float32))
+    assert 0.0 < out[0] <= out[1] < 2e-38 and np.isfinite(out[2]) and out[2] > 1e38
+
+
+# --------------------------------------------------------------------------------------------
+# Products
+
+
+@numba.njit
+def _gemm(out, a, b, beta):
+    kernels.gemm(out, a, b, beta)
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_gemm_reads_strided_and_transposed_views_in_place(dtype, atol):
+    rng = np.random.default_rng(21)
+    store = rng.standard_normal((40, 50)).astype(dtype)
+    a, a_T = store[3:10, 5:17], store[5:17, 20:27].T  # (7, 12): rows apart, or a transpose
+    b, b_T = store[20:32, 1:9], store[1:9, 30:42].T  # (12, 8)
+    single_row, single_column = store[3:4, 5:17], store[20:32, 1:2]
+    cases = [(a, b), (a_T, b), (a, b_T), (a_T, b_T), (single_row, b), (a, single_column)]
+    for left, right in cases:
+        for beta in (0.0, 1.0):
+            canvas = rng.standard_normal((30, 30)).astype(dtype)
+            before = canvas.copy()
+            rows, cols = left.shape[0], right.shape[1]
+            out = canvas[2 : 2 + rows, 4 : 4 + cols]  # rows apart too
+            _gemm(out, left, right, beta)
+            expected = left.astype(np.float64) @ right.astype(np.float64) + beta * before[2 : 2 + rows, 4 : 4 + cols]
+            np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+            canvas[2 : 2 + rows, 4 : 4 + cols] = before[2 : 2 + rows, 4 : 4 + cols]
+            assert np.array_equal(canvas, before)  # nothing written outside out
 
 
 # --------------------------------------------------------------------------------------------
