@@ -412,11 +412,12 @@ def test_gemm_reads_strided_and_transposed_views_in_place(dtype, atol):
             canvas = rng.standard_normal((30, 30)).astype(dtype)
             before = canvas.copy()
             rows, cols = left.shape[0], right.shape[1]
-            out = canvas[2 : 2 + rows, 4 : 4 + cols]  # rows apart too
+            where = (slice(2, 2 + rows), slice(4, 4 + cols))
+            out = canvas[where]  # rows apart too
             _gemm(out, left, right, beta)
-            expected = left.astype(np.float64) @ right.astype(np.float64) + beta * before[2 : 2 + rows, 4 : 4 + cols]
+            expected = left.astype(np.float64) @ right.astype(np.float64) + beta * before[where]
             np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
-            canvas[2 : 2 + rows, 4 : 4 + cols] = before[2 : 2 + rows, 4 : 4 + cols]
+            canvas[where] = before[where]
             assert np.array_equal(canvas, before)  # nothing written outside out
 
 
