@@ -17,7 +17,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from . import spin
+from . import spin, tiles
 
 
 def tanh(x):
@@ -217,33 +217,26 @@ def to_step_major(act, proj, threads):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def gather_step_major(act, table_T, tokens, threads):
-    """act (T, 4H, B)[t, k, r] = table_T (4H, V)[k, tokens[t*B + r]]: the first layer's input
-    projection looked up (one-hot(x)·Wx is a row of Wx, embed(x)·Wx one of embed·Wx) straight
-    into the step-major buffer, in `threads` bands of rows. tokens (T*B,), t-major."""
-    T, G, B = act.shape
-    for p in prange(threads):
-        for t in range(T):  # each step's block written in order
-            tok = tokens[t * B : (t + 1) * B]
-            for k in range(p * G // threads, (p + 1) * G // threads):
-                row = table_T[k]
-                dst = act[t, k]
-                for r in range(B):
-                    dst[r] = row[tok[r]]
-
-
-@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, Wh_bands, b, h0, c0, meeting):
+def lstm_train_forward(
+    h_seq, h_prev_seq, act, c_steps, h_steps, Wh_bands, Wh_packed, b, h0, c0, table_T, tokens, meeting
+):
     """lstm_forward for training, keeping what lstm_train_backward needs; the units in U bands,
     one per thread.
 
-    act        (T, 4H, B) in: the input projection Wx.T·x_t; out: activated i, f, g, o
+    act        (T, 4H, B) in: the input projection Wx.T·x_t (unless looked up); out: activated
+               i, f, g, o
     c_steps    (T, H, B)  out: cell memory after each step
     h_steps    (T, H, B)  out: hidden state after each step
     h_seq      (H, T, B)  out: the same, feature-major (for BLAS)
     h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
     Wh_bands (U, 4Hu, H): rows i, f, g, o of Wh.T for the units of each band, stacked
+    Wh_packed (U, 4Hu/ROWS, H, ROWS): the same, packed for step_product; or (U, 0, H, ROWS):
+               BLAS on Wh_bands
     b (4H,); h0 and c0 (H, B): the state carried in (left unchanged); meeting (2,) int64 work.
+    table_T (4H, V), tokens (T*B,) t-major: the first layer's input projection comes from a
+    lookup, act[t, k, r] = table_T[k, tokens[t*B + r]] (one-hot(x)·Wx is a row of Wx,
+    embed(x)·Wx one of embed·Wx), done step by step, so each step's block is still in cache
+    when the gates are computed. No tokens (length 0): act holds the projection already.
     """
     T, G, B = act.shape
     U = Wh_bands.shape[0]
@@ -256,20 +249,62 @@ def lstm_train_forward(h_seq, h_prev_seq, act, c_steps, h_steps, Wh_bands, b, h0
         first, last = spin.share(how, u, U)  # the bands this thread walks
         for t in range(T):
             for v in range(first, last):
-                _forward_band_step(act, c_steps, h_steps, z[v], Wh_bands[v], b, h0, c0, t, v * Hu)
+                if tokens.shape[0] > 0:
+                    _look_up_band(act, table_T, tokens, t, v * Hu, Hu)
+                _forward_band_step(
+                    act, c_steps, h_steps, z[v], Wh_bands[v], Wh_packed[v], b, h0, c0, t, v * Hu
+                )
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, t)
         _to_feature_major(h_seq, h_prev_seq, h_steps, h0, first * Hu, last * Hu)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _forward_band_step(act, c_steps, h_steps, z, Wh_band, b, h0, c0, t, lo):
+def step_product(out, W, W_packed, x):
+    """out (M, B) = W (M, K) · x (K, B), the product of one recurrent step: with the
+    register tiles of charlstm.tiles from W_packed (M/ROWS, K, ROWS) when it holds the
+    weights (see pack_rows; float32, B a multiple of 16, all C-contiguous), else BLAS on W."""
+    if W_packed.shape[0] == 0:
+        np.dot(W, x, out)
+    else:
+        tiles.product(out, W_packed, x)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def pack_rows(out, W, threads):
+    """out (M/R, K, R)[p, k, i] = W (M, K)[p*R + i, k]: the rows of W in tiles of R for
+    step_product, in `threads` bands of tiles. W may be a transposed view."""
+    P, K, R = out.shape
+    for part in prange(threads):
+        for p in range(part * P // threads, (part + 1) * P // threads):
+            for k in range(K):
+                dst = out[p, k]
+                for i in range(R):
+                    dst[i] = W[p * R + i, k]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _look_up_band(act, table_T, tokens, t, lo, Hu):
+    """act[t, k, r] = table_T[k, tokens[t*B + r]] for the gate rows k of units lo .. lo+Hu-1."""
+    T, G, B = act.shape
+    H = G // 4
+    tok = tokens[t * B : (t + 1) * B]
+    for q in range(4):
+        for k in range(q * H + lo, q * H + lo + Hu):
+            row = table_T[k]
+            dst = act[t, k]
+            for r in range(B):
+                dst[r] = row[tok[r]]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _forward_band_step(act, c_steps, h_steps, z, Wh_band, Wh_packed, b, h0, c0, t, lo):
     """Step t of lstm_train_forward for the units lo .. lo+Hu-1: z (4Hu, B) work, Wh_band
     (4Hu, H) their stacked rows of Wh.T; writes their gates in act[t], c_steps[t], h_steps[t]."""
     T, G, B = act.shape
     H = G // 4
     Hu = z.shape[0] // 4
-    np.dot(Wh_band, h0 if t == 0 else h_steps[t - 1], z)
+    step_product(z, Wh_band, Wh_packed, h0 if t == 0 else h_steps[t - 1])
     at = act[t]
     # Loops over the streams, innermost and contiguous, with one activation each (vectorised).
     for q in range(4):  # i, f, g, o
@@ -314,7 +349,9 @@ def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps, bands, meeting):
+def lstm_train_backward(
+    dz, db, dh_seq, act, c_steps, Wh, Wh_packed, c0, dz_steps, dh_steps, dtable_T, tokens, bands, meeting
+):
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0); the
     units in `bands` bands, one per thread, as in lstm_train_forward.
 
@@ -322,7 +359,11 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
     db     (4H,): accumulated into
     dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
     act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
+    Wh_packed (H/ROWS, 4H, ROWS): Wh packed for step_product, or (0, 4H, ROWS): BLAS on Wh.
     dz_steps (T, 4H, B), dh_steps (T, H, B): work, step-major; meeting (2,) int64 work.
+    dtable_T (4H, V), tokens (T*B,): for the first layer (tokens not empty), the gradient of
+    lstm_train_forward's lookup table is added into dtable_T, step by step while dz_steps[t]
+    is in cache (each thread owns its rows of it).
     The weight and input gradients follow from dz with one large product each (the caller).
     """
     T, G, B = act.shape
@@ -339,12 +380,32 @@ def lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, dh_steps
         _to_step_major_rows(dh_steps, dh_seq, lo, hi)
         for t in range(T - 1, -1, -1):
             _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
+            if tokens.shape[0] > 0:
+                _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi)
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, T - 1 - t)  # all of dz_steps[t] is written
             if t > 0:
+                tiles_per_band = Wh_packed.shape[0] // U
                 for v in range(first, last):  # band by band, the same products either way
-                    np.dot(Wh[v * Hu : (v + 1) * Hu], dz_steps[t], dh_next[v * Hu : (v + 1) * Hu])
+                    packed = Wh_packed[v * tiles_per_band : (v + 1) * tiles_per_band]
+                    rows = slice(v * Hu, (v + 1) * Hu)
+                    step_product(dh_next[rows], Wh[rows], packed, dz_steps[t])
         _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi):
+    """dtable_T[k, tokens[t*B + r]] += dz_steps[t, k, r] for the gate rows k of units lo .. hi-1:
+    the backward of _look_up_band."""
+    T, G, B = dz_steps.shape
+    H = G // 4
+    tok = tokens[t * B : (t + 1) * B]
+    for q in range(4):
+        for k in range(q * H + lo, q * H + hi):
+            row = dtable_T[k]
+            src = dz_steps[t, k]
+            for r in range(B):
+                row[tok[r]] += src[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -596,19 +657,6 @@ def gather_rows(out, table, tokens):
         row = table[tokens[n]]
         for k in range(D):
             out[n, k] = row[k]
-
-
-@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def scatter_add_columns(dtable_T, grad_cols, tokens, threads):
-    """dtable_T (D, V)[:, tokens[n]] += grad_cols (D, N)[:, n]: the backward of
-    gather_step_major, in `threads` bands of rows (rows never collide, columns do)."""
-    D, N = grad_cols.shape
-    for p in prange(threads):
-        for k in range(p * D // threads, (p + 1) * D // threads):
-            row = dtable_T[k]
-            src = grad_cols[k]
-            for n in range(N):
-                row[tokens[n]] += src[n]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

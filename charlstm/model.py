@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from . import blas_threads, kernels
+from . import blas_threads, kernels, tiles
 
 GATE_NAMES = ("i", "f", "g", "o")  # order along the 4H axis, as in PyTorch
 
@@ -215,6 +215,12 @@ class _TrainBuffers:
         self.c0 = np.empty((L, H, B), dtype=dtype)
         self.Wx_T = np.empty((4 * H, H), dtype=dtype)  # contiguous transposes of the weights:
         self.Wh_bands = np.empty((U, 4 * (H // U), H), dtype=dtype)  # the BLAS operands
+        # Wh in the register tiles of kernels.step_product, when they serve: for the forward
+        # by bands like Wh_bands, for the backward by rows; else empty (BLAS on the above)
+        R = tiles.ROWS
+        tiled = _tiles_serve(H // U, B, dtype)
+        self.Wh_packed = np.empty((U, 4 * (H // U) // R if tiled else 0, H, R), dtype=dtype)
+        self.Wh_rows_packed = np.empty((H // R if tiled else 0, 4 * H, R), dtype=dtype)
         self.head_T = np.empty((V, H), dtype=dtype)
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
@@ -312,18 +318,18 @@ def _train_forward(
                 kernels.transpose_into(tb.table_T, Wx, U)  # one-hot: column v of Wx.T is character v's
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
-            kernels.gather_step_major(tb.act[layer], tb.table_T, ws.tokens, U)
         else:
             kernels.transpose_into(tb.Wx_T, Wx, U)
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
             kernels.matmul_rows(proj, tb.Wx_T, _train_output(ws, tb, layer - 1), U)
             kernels.to_step_major(tb.act[layer], tb.proj, U)
-        kernels.transpose_into_bands(tb.Wh_bands, params[f"lstm.{layer}.Wh"])
+        _prepare_forward_weights(tb, params[f"lstm.{layer}.Wh"], U)
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         kernels.lstm_train_forward(
             tb.h_seq[layer], tb.h_prev[layer], tb.act[layer], tb.c_steps[layer], tb.h_steps,
-            tb.Wh_bands, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer], tb.meeting,
+            tb.Wh_bands, tb.Wh_packed, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
+            tb.table_T, _tokens_of(ws, layer), tb.meeting,
         )  # fmt: skip
         if ws.dropout_on:
             kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
@@ -356,17 +362,20 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
         if ws.dropout_on:
             kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer])
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
+        if layer == 0:
+            tb.dtable_T[...] = 0.0
+        if tb.Wh_rows_packed.shape[0] > 0:  # the backward's step products on tiles of Wh's rows
+            kernels.pack_rows(tb.Wh_rows_packed, params[f"lstm.{layer}.Wh"], U)
         kernels.lstm_train_backward(
             tb.dz, grads[f"lstm.{layer}.b"], tb.dh, tb.act[layer], tb.c_steps[layer],
-            params[f"lstm.{layer}.Wh"], tb.c0[layer], tb.dz_steps, tb.h_steps, U, tb.meeting,
+            params[f"lstm.{layer}.Wh"], tb.Wh_rows_packed, tb.c0[layer], tb.dz_steps, tb.h_steps,
+            tb.dtable_T, _tokens_of(ws, layer), U, tb.meeting,
         )  # fmt: skip
         dz = tb.dz.reshape(4 * H, T * B)
         work = _transposed_gradient(tb, 4 * H, H)
         h_prev = tb.h_prev[layer].reshape(H, T * B)
         kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
-            tb.dtable_T[...] = 0.0
-            kernels.scatter_add_columns(tb.dtable_T, dz, ws.tokens, U)
             if config.embed == 0:
                 dWx += tb.dtable_T.T
             else:
@@ -376,6 +385,33 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
             kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
     return loss
+
+
+def _tiles_serve(band: int, batch: int, dtype: np.dtype) -> bool:
+    """Whether kernels.step_product's register tiles can run the recurrent products: float32,
+    whole tiles of rows in every band and gate, whole vectors of streams."""
+    return np.dtype(dtype) == np.float32 and band % tiles.ROWS == 0 and batch % tiles.LANES == 0
+
+
+def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray, U: int) -> None:
+    """Wh (H, 4H) laid out for the forward's step products: packed into tiles by bands when
+    they serve, else transposed into bands for BLAS."""
+    if tb.Wh_packed.shape[1] == 0:
+        kernels.transpose_into_bands(tb.Wh_bands, Wh)
+        return
+    H = Wh.shape[0]
+    Hu = H // U
+    per_gate = Hu // tiles.ROWS  # tiles of one gate's rows in a band
+    for u in range(U):
+        for q in range(4):  # band u's rows of gate q are columns q*H + u*Hu .. of Wh
+            cols = slice(q * H + u * Hu, q * H + (u + 1) * Hu)
+            kernels.pack_rows(tb.Wh_packed[u, q * per_gate : (q + 1) * per_gate], Wh[:, cols].T, U)
+
+
+def _tokens_of(ws: Workspace, layer: int) -> np.ndarray:
+    """The tokens whose table rows are the layer's input projection: the window's inputs for
+    the first layer, none (the projection is a product) above."""
+    return ws.tokens if layer == 0 else ws.tokens[:0]
 
 
 def _transposed_gradient(tb: _TrainBuffers, rows: int, cols: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import reference
 
-from charlstm import kernels
+from charlstm import kernels, tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
 
 # Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
@@ -217,16 +217,37 @@ def run_band_kernels(threads, seed=21, T=5, B=3, H=6, bands=2):
     h_seq, h_prev = np.empty((H, T, B)), np.empty((H, T, B))
     dz, db, dz_steps = np.empty((G, T, B)), np.zeros(G), np.empty((T, G, B))
     dh_seq = rng.normal(size=(H, T, B))
+    V = 4  # the input projection looked up, as for a first layer
+    table_T, dtable_T = rng.normal(size=(G, V)), np.zeros((G, V))
+    tokens = rng.integers(0, V, T * B)
     meeting = np.zeros(2, dtype=np.int64)
+    no_tiles = np.empty((bands, 0, G, 8))  # float64: BLAS, not kernels.step_product's tiles
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        kernels.lstm_train_forward(h_seq, h_prev, act, c_steps, h_steps, Wh_bands, b, h0, c0, meeting)
+        kernels.lstm_train_forward(
+            h_seq, h_prev, act, c_steps, h_steps, Wh_bands, no_tiles, b, h0, c0, table_T, tokens, meeting
+        )
         forward_met = meeting[0]
-        kernels.lstm_train_backward(dz, db, dh_seq, act, c_steps, Wh, c0, dz_steps, h_steps, bands, meeting)
+        kernels.lstm_train_backward(
+            dz,
+            db,
+            dh_seq,
+            act,
+            c_steps,
+            Wh,
+            no_tiles[0],
+            c0,
+            dz_steps,
+            h_steps,
+            dtable_T,
+            tokens,
+            bands,
+            meeting,
+        )
     finally:
         numba.set_num_threads(before)
-    return (h_seq, h_prev, act, c_steps, dz, db), forward_met, meeting[0]
+    return (h_seq, h_prev, act, c_steps, dz, db, dtable_T), forward_met, meeting[0]
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
@@ -241,8 +262,50 @@ def test_bands_on_one_thread_or_two_give_the_same_bits():
     assert forward_met == backward_met == 2, "two threads never met in three tries"
     alone, forward_met, backward_met = run_band_kernels(threads=1)
     assert forward_met < 0 and backward_met < 0  # claimed by the one member that came
-    for name, x, y in zip(("h_seq", "h_prev", "act", "c_steps", "dz", "db"), together, alone, strict=True):
+    names = ("h_seq", "h_prev", "act", "c_steps", "dz", "db", "dtable_T")
+    for name, x, y in zip(names, together, alone, strict=True):
         assert np.array_equal(x, y), name
+
+
+@numba.njit
+def _tiled_product(out, W_packed, x):
+    tiles.product(out, W_packed, x)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("B", [16, 32, 48, 64])
+def test_register_tiles_multiply_like_the_formula(dtype, rtol, B):
+    """kernels.pack_rows then tiles.product: float32 through the LLVM register tiles (blocks
+    of 32 streams, then one of 16), float64 through the plain loop of the same meaning."""
+    rng = np.random.default_rng(B)
+    M, K = 3 * tiles.ROWS, 40
+    W, x = rng.normal(size=(M, K)).astype(dtype), rng.normal(size=(K, B)).astype(dtype)
+    W_packed = np.empty((M // tiles.ROWS, K, tiles.ROWS), dtype=dtype)
+    kernels.pack_rows(W_packed, W, 1)
+    assert W_packed[1, 5, 3] == W[tiles.ROWS + 3, 5]
+    out = np.full((M, B), np.nan, dtype=dtype)
+    _tiled_product(out, W_packed, x)
+    expected = W.astype(np.float64) @ x.astype(np.float64)
+    bound = rtol * (np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))  # per element
+    assert np.all(np.abs(out - expected) <= bound), np.max(np.abs(out - expected) / bound)
+
+
+TILED = ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4)  # bands of 8 or 16 units
+
+
+@pytest.mark.parametrize("bands", [1, 2])
+def test_float32_training_on_register_tiles_matches_the_reference(bands):
+    """float32, whole tiles of units and streams: the recurrent products of both passes run
+    on the register tiles (kernels.step_product), and loss and gradients still match the
+    float64 reference to float32 precision."""
+    T, B = 5, 16
+    params, inputs, targets, h0, c0 = make_case(TILED, T, B, seed=31)
+    loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
+    assert ws._train.Wh_packed.shape[1] > 0 and ws._train.Wh_rows_packed.shape[0] > 0
+    ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, None)
+    assert abs(loss - ref_loss) <= 1e-5
+    for name in grads.names():
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=2e-6, err_msg=name)
 
 
 def test_hidden_units_that_do_not_divide_into_bands_are_refused():
