@@ -9,13 +9,14 @@ its tolerances are looser.
 """
 
 import dataclasses
+from types import SimpleNamespace
 
 import numba
 import numpy as np
 import pytest
 import reference
 
-from charlstm import kernels, tiles
+from charlstm import kernels, model, tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
 
 # Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
@@ -201,66 +202,64 @@ def test_units_in_bands_train_like_the_reference(config, bands):
     np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
 
 
-def run_band_kernels(threads, seed=21, T=5, B=3, H=6, bands=2):
-    """lstm_train_forward then lstm_train_backward on random float64 inputs, with numba on
-    `threads` threads: (every output, how the forward's team met, how the backward's did);
-    the latter is meeting[0]: the number of members that joined, or negative if one member
-    claimed all the work (spin.join_team)."""
+def run_band_kernels(threads, tiled=False, seed=21, bands=2):
+    """lstm_train_forward then lstm_train_backward on random inputs, with numba on `threads`
+    threads: (every output, how the forward's team met, how the backward's did); the latter is
+    meeting[0]: the number of members that joined, or negative if one member claimed all the
+    work (spin.join_team). float64 through BLAS, or (tiled) float32 on the register tiles."""
+    T, B, H, dtype = (5, 16, 16, np.float32) if tiled else (5, 3, 6, np.float64)
     rng = np.random.default_rng(seed)
     G = 4 * H
-    Wh = rng.normal(size=(H, G)) / np.sqrt(H)
-    b, h0, c0 = rng.normal(size=G), rng.normal(size=(H, B)), rng.normal(size=(H, B))
-    act = rng.normal(size=(T, G, B))
-    Wh_bands = np.empty((bands, G // bands, H))
-    kernels.transpose_into_bands(Wh_bands, Wh)
-    c_steps, h_steps = np.empty((T, H, B)), np.empty((T, H, B))
-    h_seq, h_prev = np.empty((H, T, B)), np.empty((H, T, B))
-    dz, db, dz_steps = np.empty((G, T, B)), np.zeros(G), np.empty((T, G, B))
-    dh_seq = rng.normal(size=(H, T, B))
+
+    def normal(*shape):
+        return rng.normal(size=shape).astype(dtype)
+
+    Wh = normal(H, G) / dtype(np.sqrt(H))
+    b, h0, c0, act, dh_seq = normal(G), normal(H, B), normal(H, B), normal(T, G, B), normal(H, T, B)
     V = 4  # the input projection looked up, as for a first layer
-    table_T, dtable_T = rng.normal(size=(G, V)), np.zeros((G, V))
+    table_T, dtable_T = normal(G, V), np.zeros((G, V), dtype)
     tokens = rng.integers(0, V, T * B)
+    c_steps, h_steps = np.empty((T, H, B), dtype), np.empty((T, H, B), dtype)
+    h_seq, h_prev = np.empty((H, T, B), dtype), np.empty((H, T, B), dtype)
+    dz, db, dz_steps = np.empty((G, T, B), dtype), np.zeros(G, dtype), np.empty((T, G, B), dtype)
+    # the weights as model._prepare_forward_weights and _train_backward lay them out
+    weights = SimpleNamespace(Wh_bands=np.empty((bands, G // bands, H), dtype))
+    R = tiles.ROWS
+    weights.Wh_packed = np.empty((bands, G // bands // R if tiled else 0, H, R), dtype)
+    model._prepare_forward_weights(weights, Wh, bands)
+    Wh_rows_packed = np.empty((H // R if tiled else 0, G, R), dtype)
+    if tiled:
+        kernels.pack_rows(Wh_rows_packed, Wh, 1)
     meeting = np.zeros(2, dtype=np.int64)
-    no_tiles = np.empty((bands, 0, G, 8))  # float64: BLAS, not kernels.step_product's tiles
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
         kernels.lstm_train_forward(
-            h_seq, h_prev, act, c_steps, h_steps, Wh_bands, no_tiles, b, h0, c0, table_T, tokens, meeting
-        )
+            h_seq, h_prev, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0, c0,
+            table_T, tokens, meeting,
+        )  # fmt: skip
         forward_met = meeting[0]
         kernels.lstm_train_backward(
-            dz,
-            db,
-            dh_seq,
-            act,
-            c_steps,
-            Wh,
-            no_tiles[0],
-            c0,
-            dz_steps,
-            h_steps,
-            dtable_T,
-            tokens,
-            bands,
-            meeting,
-        )
+            dz, db, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, dz_steps, h_steps, dtable_T,
+            tokens, bands, meeting,
+        )  # fmt: skip
     finally:
         numba.set_num_threads(before)
     return (h_seq, h_prev, act, c_steps, dz, db, dtable_T), forward_met, meeting[0]
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
-def test_bands_on_one_thread_or_two_give_the_same_bits():
+@pytest.mark.parametrize("tiled", [False, True], ids=["blas", "tiles"])
+def test_bands_on_one_thread_or_two_give_the_same_bits(tiled):
     """Two bands on two threads meet after every step (spin.meet); on one thread, the only
     member that comes claims the work and does both bands (spin.join_team). Both ways do
     the same arithmetic in the same order: identical results, whichever way a run goes."""
     for _ in range(3):  # a shared host may delay a thread past the patience: try a few times
-        together, forward_met, backward_met = run_band_kernels(threads=2)
+        together, forward_met, backward_met = run_band_kernels(threads=2, tiled=tiled)
         if forward_met == backward_met == 2:  # both members joined, both times
             break
     assert forward_met == backward_met == 2, "two threads never met in three tries"
-    alone, forward_met, backward_met = run_band_kernels(threads=1)
+    alone, forward_met, backward_met = run_band_kernels(threads=1, tiled=tiled)
     assert forward_met < 0 and backward_met < 0  # claimed by the one member that came
     names = ("h_seq", "h_prev", "act", "c_steps", "dz", "db", "dtable_T")
     for name, x, y in zip(names, together, alone, strict=True):
