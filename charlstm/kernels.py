@@ -544,8 +544,8 @@ def matmul(out, a, b):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def matmul_add(out, a, b):
-    """out (M, N) += a (M, K) · b (K, N)."""
-    out += np.dot(a, b)
+    """out (M, N) += a (M, K) · b (K, N), in place (a and b may be transposed views)."""
+    gemm(out, a, b, 1.0)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
