@@ -229,9 +229,10 @@ def lstm_train_forward(
     h_steps    (T, H, B)  out: hidden state after each step
     h_seq      (H, T, B)  out: the same, feature-major (for BLAS)
     h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
-    Wh_bands (U, 4Hu, H): rows i, f, g, o of Wh.T for the units of each band, stacked
-    Wh_packed (U, 4Hu/ROWS, H, ROWS): the same, packed for step_product; or (U, 0, H, ROWS):
-               BLAS on Wh_bands
+    Wh_bands (U, 4Hu, H): rows i, f, g, o of Wh.T for the units of each band, stacked, for
+               BLAS; or, with the register tiles, (U, 0, H)
+    Wh_packed (U, 4Hu/ROWS, H, ROWS): the same rows packed for step_product (pack_into_bands);
+               or (U, 0, H, ROWS): BLAS on Wh_bands
     b (4H,); h0 and c0 (H, B): the state carried in (left unchanged); meeting (2,) int64 work.
     table_T (4H, V), tokens (T*B,) t-major: the first layer's input projection comes from a
     lookup, act[t, k, r] = table_T[k, tokens[t*B + r]] (one-hot(x)·Wx is a row of Wx,
@@ -272,15 +273,38 @@ def step_product(out, W, W_packed, x):
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def pack_rows(out, W, threads):
-    """out (M/R, K, R)[p, k, i] = W (M, K)[p*R + i, k]: the rows of W in tiles of R for
-    step_product, in `threads` bands of tiles. W may be a transposed view."""
+    """out (M/R, K, R) = the rows of W (M, K) in tiles of R for step_product (see _pack), in
+    `threads` bands of tiles."""
     P, K, R = out.shape
     for part in prange(threads):
-        for p in range(part * P // threads, (part + 1) * P // threads):
-            for k in range(K):
-                dst = out[p, k]
-                for i in range(R):
-                    dst[i] = W[p * R + i, k]
+        lo, hi = part * P // threads, (part + 1) * P // threads
+        _pack(out[lo:hi], W[lo * R : hi * R])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def pack_into_bands(out, a):
+    """out (U, 4Hu/R, I, R): the rows of a.T (a (I, 4H)) that transpose_into_bands stacks for
+    band u, packed in tiles of R for step_product; one band per thread. R divides Hu, so no
+    tile straddles two gates."""
+    U, P, _, R = out.shape
+    per_gate = P // 4  # tiles of one gate's rows in a band
+    Hu = per_gate * R
+    H = Hu * U
+    for u in prange(U):
+        for q in range(4):
+            lo = q * H + u * Hu
+            _pack(out[u, q * per_gate : (q + 1) * per_gate], a[:, lo : lo + Hu].T)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _pack(out, W):
+    """out (M/R, K, R)[p, k, i] = W (M, K)[p*R + i, k]; W may be a transposed view."""
+    P, K, R = out.shape
+    for p in range(P):
+        for k in range(K):
+            dst = out[p, k]
+            for i in range(R):
+                dst[i] = W[p * R + i, k]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -372,6 +396,7 @@ def lstm_train_backward(
     Hu = H // U
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
+    tiles_per_band = Wh_packed.shape[0] // U
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
@@ -385,7 +410,6 @@ def lstm_train_backward(
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, T - 1 - t)  # all of dz_steps[t] is written
             if t > 0:
-                tiles_per_band = Wh_packed.shape[0] // U
                 for v in range(first, last):  # band by band, the same products either way
                     packed = Wh_packed[v * tiles_per_band : (v + 1) * tiles_per_band]
                     rows = slice(v * Hu, (v + 1) * Hu)
@@ -484,58 +508,6 @@ def _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi):
 # BLAS would start a second thread pool whose spinning threads fight this one for the cores.
 
 
-def gemm(out, a, b, beta):
-    """out (M, N) = a (M, K) · b (K, N) + beta * out, in one BLAS call (sgemm or dgemm) for any
-    2-D views whose rows or columns are contiguous: a block of steps cut from a longer buffer,
-    a transpose. np.dot copies such views first; this reads them where they lie."""
-    np.dot(a, b, out)
-
-
-def _blas_gemm(dtype):
-    """numba's own entry to SciPy's ?gemm (the one np.dot calls), column-major like BLAS:
-    (kind, transa, transb, m, n, k, *alpha, *a, lda, *b, ldb, *beta, *c, ldc) -> status."""
-    p = types.CPointer(dtype)
-    sig = types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
-                     p, p, types.intp, p, types.intp, p, p, types.intp)  # fmt: skip
-    return types.ExternalFunction("numba_xxgemm", sig)
-
-
-@njit(cache=True, nogil=True)
-def _blas_operand(x, item):
-    """How BLAS, column-major, sees the row-major view x (rows, cols) of itemsize `item` when
-    it needs x.T: the transpose flag and the leading dimension (any value >= the rows it
-    spans serves when one of x's axes has length 1)."""
-    rows, cols = x.shape
-    if x.strides[1] == item or cols <= 1:
-        return ord("n"), max(x.strides[0] // item, cols, 1)
-    return ord("t"), max(x.strides[1] // item, rows, 1)
-
-
-@overload(gemm)
-def _gemm_overload(out, a, b, beta):
-    dtype = out.dtype
-    xxgemm = _blas_gemm(dtype)
-    kind = ord("s") if dtype.bitwidth == 32 else ord("d")
-    item = dtype.bitwidth // 8
-
-    def impl(out, a, b, beta):
-        M, N = out.shape
-        K = a.shape[1]
-        if M == 0 or N == 0:
-            return
-        scalars = np.empty(2, dtype=out.dtype)  # alpha, beta: BLAS takes them by address
-        scalars[0] = 1.0
-        scalars[1] = beta
-        # Row-major out = a·b is column-major out.T = b.T · a.T: b comes first.
-        trans_b, ld_b = _blas_operand(b, item)
-        trans_a, ld_a = _blas_operand(a, item)
-        ld_out = max(out.strides[0] // item, N, 1)
-        xxgemm(kind, trans_b, trans_a, N, M, K, scalars[0:].ctypes, b.ctypes, ld_b,
-               a.ctypes, ld_a, scalars[1:].ctypes, out.ctypes, ld_out)  # fmt: skip
-
-    return impl
-
-
 @njit(cache=True, error_model="numpy", nogil=True)
 def matmul(out, a, b):
     """out (M, N) = a (M, K) · b (K, N); a and b may be transposed views."""
@@ -544,8 +516,8 @@ def matmul(out, a, b):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def matmul_add(out, a, b):
-    """out (M, N) += a (M, K) · b (K, N), in place (a and b may be transposed views)."""
-    gemm(out, a, b, 1.0)
+    """out (M, N) += a (M, K) · b (K, N)."""
+    out += np.dot(a, b)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)

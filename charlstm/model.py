@@ -214,12 +214,13 @@ class _TrainBuffers:
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
         self.Wx_T = np.empty((4 * H, H), dtype=dtype)  # contiguous transposes of the weights:
-        self.Wh_bands = np.empty((U, 4 * (H // U), H), dtype=dtype)  # the BLAS operands
-        # Wh in the register tiles of kernels.step_product, when they serve: for the forward
-        # by bands like Wh_bands, for the backward by rows; else empty (BLAS on the above)
-        R = tiles.ROWS
+        # Wh for the step products: in the register tiles of kernels.step_product when they
+        # serve (by bands for the forward, by rows for the backward), else transposed into
+        # bands for BLAS (the backward's BLAS reads Wh itself); the other layout left empty
+        R, G_band = tiles.ROWS, 4 * (H // U)
         tiled = _tiles_serve(H // U, B, dtype)
-        self.Wh_packed = np.empty((U, 4 * (H // U) // R if tiled else 0, H, R), dtype=dtype)
+        self.Wh_bands = np.empty((U, 0 if tiled else G_band, H), dtype=dtype)
+        self.Wh_packed = np.empty((U, G_band // R if tiled else 0, H, R), dtype=dtype)
         self.Wh_rows_packed = np.empty((H // R if tiled else 0, 4 * H, R), dtype=dtype)
         self.head_T = np.empty((V, H), dtype=dtype)
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
@@ -323,7 +324,7 @@ def _train_forward(
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
             kernels.matmul_rows(proj, tb.Wx_T, _train_output(ws, tb, layer - 1), U)
             kernels.to_step_major(tb.act[layer], tb.proj, U)
-        _prepare_forward_weights(tb, params[f"lstm.{layer}.Wh"], U)
+        _prepare_forward_weights(tb, params[f"lstm.{layer}.Wh"])
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         kernels.lstm_train_forward(
@@ -393,19 +394,12 @@ def _tiles_serve(band: int, batch: int, dtype: np.dtype) -> bool:
     return np.dtype(dtype) == np.float32 and band % tiles.ROWS == 0 and batch % tiles.LANES == 0
 
 
-def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray, U: int) -> None:
-    """Wh (H, 4H) laid out for the forward's step products: packed into tiles by bands when
-    they serve, else transposed into bands for BLAS."""
-    if tb.Wh_packed.shape[1] == 0:
+def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray) -> None:
+    """Wh (H, 4H) laid out by bands for the forward's step products: in tiles or for BLAS."""
+    if tb.Wh_packed.shape[1] > 0:
+        kernels.pack_into_bands(tb.Wh_packed, Wh)
+    else:
         kernels.transpose_into_bands(tb.Wh_bands, Wh)
-        return
-    H = Wh.shape[0]
-    Hu = H // U
-    per_gate = Hu // tiles.ROWS  # tiles of one gate's rows in a band
-    for u in range(U):
-        for q in range(4):  # band u's rows of gate q are columns q*H + u*Hu .. of Wh
-            cols = slice(q * H + u * Hu, q * H + (u + 1) * Hu)
-            kernels.pack_rows(tb.Wh_packed[u, q * per_gate : (q + 1) * per_gate], Wh[:, cols].T, U)
 
 
 def _tokens_of(ws: Workspace, layer: int) -> np.ndarray:
