@@ -222,11 +222,18 @@ class _TrainBuffers:
         self.Wh_bands = np.empty((U, 0 if tiled else G_band, H), dtype=dtype)
         self.Wh_packed = np.empty((U, G_band // R if tiled else 0, H, R), dtype=dtype)
         self.Wh_rows_packed = np.empty((H // R if tiled else 0, 4 * H, R), dtype=dtype)
-        self.head_T = np.empty((V, H), dtype=dtype)
+        # The head's products on the register tiles when they serve (head.W.T in tiles of rows
+        # padded with zeros to whole tiles for the logits; head.W's rows for dh), else BLAS
+        head_tiled = _tiles_serve(H, B, dtype)
+        self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
+        self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)
+        self.head_rows_packed = np.empty((H // R if head_tiled else 0, V, R), dtype=dtype)
+        V_rows = self.head_packed.shape[0] * R if head_tiled else V  # logit rows, padding included
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
         self.dW_T = np.empty(max(4 * H, V) * H, dtype=dtype)  # a weight gradient, transposed
-        self.logits_T = np.empty((V, T * B), dtype=dtype)
+        self.logits_padded = np.empty((V_rows, T * B), dtype=dtype)
+        self.logits_T = self.logits_padded[:V]
         self.dlogits_T = np.empty((V, T * B), dtype=dtype)
         self.dz = np.empty((4 * H, T, B), dtype=dtype)
         self.dh = np.empty((H, T, B), dtype=dtype)
@@ -337,8 +344,13 @@ def _train_forward(
         h[layer] = tb.h_seq[layer, :, T - 1].T
         c[layer] = tb.c_steps[layer, T - 1].T
 
-    kernels.transpose_into(tb.head_T, params["head.W"], U)
-    kernels.matmul_rows(tb.logits_T, tb.head_T, _train_output(ws, tb, L - 1), U)  # (V, T*B)
+    top = _train_output(ws, tb, L - 1)  # (H, T*B)
+    if tb.head_packed.shape[0] > 0:
+        kernels.pack_rows(tb.head_packed, params["head.W"].T, U)
+        kernels.tiled_matmul(tb.logits_padded, tb.head_packed, top, U)  # (V + padding, T*B)
+    else:
+        kernels.transpose_into(tb.head_T, params["head.W"], U)
+        kernels.matmul_rows(tb.logits_T, tb.head_T, top, U)  # (V, T*B)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
     ws.logits = tb.logits_T.T
 
@@ -357,7 +369,11 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
     kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
     dh = tb.dh.reshape(H, T * B)
-    kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, U)
+    if tb.head_rows_packed.shape[0] > 0:
+        kernels.pack_rows(tb.head_rows_packed, params["head.W"], U)
+        kernels.tiled_matmul(dh, tb.head_rows_packed, tb.dlogits_T, U)
+    else:
+        kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, U)
 
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
@@ -388,10 +404,11 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     return loss
 
 
-def _tiles_serve(band: int, batch: int, dtype: np.dtype) -> bool:
-    """Whether kernels.step_product's register tiles can run the recurrent products: float32,
-    whole tiles of rows in every band and gate, whole vectors of streams."""
-    return np.dtype(dtype) == np.float32 and band % tiles.ROWS == 0 and batch % tiles.LANES == 0
+def _tiles_serve(rows: int, batch: int, dtype: np.dtype) -> bool:
+    """Whether the register tiles (kernels.step_product, kernels.tiled_matmul) can run
+    products whose weights must come in whole tiles of `rows` rows (a band's rows in every
+    gate, or the rows of head.W): float32, whole tiles, whole vectors of streams."""
+    return np.dtype(dtype) == np.float32 and rows % tiles.ROWS == 0 and batch % tiles.LANES == 0
 
 
 def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray) -> None:

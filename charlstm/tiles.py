@@ -31,6 +31,12 @@ def _data(context, builder, array_type, array):
     return context.make_array(array_type)(context, builder, array).data
 
 
+def _row_step(context, builder, array_type, array):
+    """Elements from one row of a 2-D float32 array to the next, in generated code."""
+    strides = context.make_array(array_type)(context, builder, array).strides
+    return builder.sdiv(cgutils.unpack_tuple(builder, strides, 2)[0], _index(4))
+
+
 def _index(value):
     return ir.Constant(_I64, value)
 
@@ -41,8 +47,9 @@ def _make_tile(vectors):
     @intrinsic
     def tile(typingctx, out, w_packed, x, p, col):
         """out[p*ROWS + i, col + c] = sum over k of w_packed[p, k, i] * x[k, col + c], for
-        i < ROWS and c < vectors * 16. out (M, B) and x (K, B) float32, C-contiguous, same B;
-        w_packed (P, K, ROWS) float32, C-contiguous. Nothing is checked."""
+        i < ROWS and c < vectors * 16. out (M, N) and x (K, N) float32 with contiguous rows
+        (column slices of bigger arrays allowed); w_packed (P, K, ROWS) float32, C-contiguous.
+        Nothing is checked."""
         sig = types.void(out, w_packed, x, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
@@ -51,8 +58,9 @@ def _make_tile(vectors):
             w_ptr = _data(context, builder, w_ty, args[1])
             x_ptr = _data(context, builder, x_ty, args[2])
             p, col = args[3], args[4]
-            x_struct = context.make_array(x_ty)(context, builder, args[2])
-            K, B = cgutils.unpack_tuple(builder, x_struct.shape, 2)
+            K = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, args[2]).shape, 2)[0]
+            x_row_step = _row_step(context, builder, x_ty, args[2])
+            out_row_step = _row_step(context, builder, out_ty, args[0])
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v16f32"
             )
@@ -68,7 +76,7 @@ def _make_tile(vectors):
 
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
-                x_row = builder.gep(x_col, [builder.mul(k, B)])
+                x_row = builder.gep(x_col, [builder.mul(k, x_row_step)])
                 xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
                 w_k = builder.gep(w_tile, [builder.mul(k, _index(ROWS))])
                 for i in range(ROWS):
@@ -81,7 +89,7 @@ def _make_tile(vectors):
             out_col = builder.gep(out_ptr, [col])
             first_row = builder.mul(p, _index(ROWS))
             for i in range(ROWS):
-                out_row = builder.gep(out_col, [builder.mul(builder.add(first_row, _index(i)), B)])
+                out_row = builder.gep(out_col, [builder.mul(builder.add(first_row, _index(i)), out_row_step)])
                 for v in range(vectors):
                     builder.store(builder.load(acc[i][v]), vector_at(out_row, v), align=4)
             return context.get_dummy_value()
@@ -96,8 +104,9 @@ tile_16 = _make_tile(1)
 
 
 def product(out, W_packed, x):
-    """out (M, B) = W (M, K) · x (K, B) from W packed (M/ROWS, K, ROWS), W_packed[p, k, i] =
-    W[p*ROWS + i, k]; B a multiple of 16, all C-contiguous. Kernels only (see the overload):
+    """out (M, N) = W (M, K) · x (K, N) from W packed (M/ROWS, K, ROWS), W_packed[p, k, i] =
+    W[p*ROWS + i, k]; N a multiple of 16, rows contiguous (out and x may be column slices of
+    bigger arrays), W_packed C-contiguous. Kernels only (see the overload):
     float32 runs the register tiles; other precisions a plain loop with the same meaning."""
     raise NotImplementedError("charlstm.tiles.product runs inside numba kernels only")
 

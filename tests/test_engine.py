@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import reference
 
-from charlstm import kernels, model, tiles
+from charlstm import blas_threads, kernels, model, tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
 
 # Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
@@ -291,18 +291,46 @@ def test_register_tiles_multiply_like_the_formula(dtype, rtol, B):
     assert np.all(np.abs(out - expected) <= bound), np.max(np.abs(out - expected) / bound)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
+    """kernels.tiled_matmul: W's 13 rows padded with zeros to two tiles (pack_rows), 48
+    columns cut into bands of whole vectors (16 + 32 on two threads: tiles on column slices)."""
+    rng = np.random.default_rng(threads)
+    M, K, N = 13, 40, 48
+    W = rng.normal(size=(K, M)).astype(np.float32).T  # a transposed view, as head.W.T
+    x = rng.normal(size=(K, N)).astype(np.float32)
+    P = -(-M // tiles.ROWS)
+    W_packed = np.full((P, K, tiles.ROWS), np.nan, dtype=np.float32)
+    kernels.pack_rows(W_packed, W, threads)
+    assert np.all(W_packed[1, :, M - tiles.ROWS :] == 0.0)  # the padding rows
+    out = np.full((P * tiles.ROWS, N), np.nan, dtype=np.float32)
+    with blas_threads.limited_to(1):
+        numba.set_num_threads(threads)
+        try:
+            kernels.tiled_matmul(out, W_packed, x, threads)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    expected = W.astype(np.float64) @ x.astype(np.float64)
+    bound = 1e-5 * (np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))
+    assert np.all(np.abs(out[:M] - expected) <= bound)
+    assert np.all(out[M:] == 0.0)
+
+
 TILED = ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4)  # bands of 8 or 16 units
 
 
 @pytest.mark.parametrize("bands", [1, 2])
 def test_float32_training_on_register_tiles_matches_the_reference(bands):
     """float32, whole tiles of units and streams: the recurrent products of both passes run
-    on the register tiles (kernels.step_product), and loss and gradients still match the
+    on the register tiles (kernels.step_product), so do the head's (kernels.tiled_matmul,
+    V = 7 rows padded to 8), and loss and gradients still match the
     float64 reference to float32 precision."""
     T, B = 5, 16
     params, inputs, targets, h0, c0 = make_case(TILED, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
-    assert ws._train.Wh_packed.shape[1] > 0 and ws._train.Wh_rows_packed.shape[0] > 0
+    tb = ws._train
+    assert tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[0] > 0
+    assert tb.head_packed.shape[0] * tiles.ROWS == 8 and tb.head_rows_packed.shape[0] > 0  # V = 7 padded
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, None)
     assert abs(loss - ref_loss) <= 1e-5
     for name in grads.names():
