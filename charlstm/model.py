@@ -213,17 +213,22 @@ class _TrainBuffers:
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
-        self.Wx_T = np.empty((4 * H, H), dtype=dtype)  # contiguous transposes of the weights:
-        # Wh for the step products: in the register tiles of kernels.step_product when they
-        # serve (by bands for the forward, by rows for the backward), else transposed into
-        # bands for BLAS (the backward's BLAS reads Wh itself); the other layout left empty
+        # The weights as the products read them. Wh for the step products: in the register
+        # tiles of kernels.step_product when they serve (by bands for the forward, by rows for
+        # the backward), else transposed into bands for BLAS (the backward's BLAS reads Wh
+        # itself). The other layout is left empty.
         R, G_band = tiles.ROWS, 4 * (H // U)
         tiled = _tiles_serve(H // U, B, dtype)
         self.Wh_bands = np.empty((U, 0 if tiled else G_band, H), dtype=dtype)
         self.Wh_packed = np.empty((U, G_band // R if tiled else 0, H, R), dtype=dtype)
         self.Wh_rows_packed = np.empty((H // R if tiled else 0, 4 * H, R), dtype=dtype)
-        # The head's products on the register tiles when they serve (head.W.T in tiles of rows
-        # padded with zeros to whole tiles for the logits; head.W's rows for dh), else BLAS
+        # Wx above the first layer: transposed for BLAS (whose window-wide products the tiles
+        # beat by under 10% in the forward and lose to when K = 4H in the backward). The head's
+        # W: in tiles of rows for kernels.tiled_matmul when they serve (head.W.T, padded with
+        # zero rows to whole tiles, for the logits; head.W for dh), else transposed for BLAS
+        # (whose backward reads head.W itself); BLAS runs these V-thin products at 70-87
+        # GFLOP/s, the tiles at 95-100.
+        self.Wx_T = np.empty((4 * H, H), dtype=dtype)
         head_tiled = _tiles_serve(H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)
@@ -345,12 +350,7 @@ def _train_forward(
         c[layer] = tb.c_steps[layer, T - 1].T
 
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
-    if tb.head_packed.shape[0] > 0:
-        kernels.pack_rows(tb.head_packed, params["head.W"].T, U)
-        kernels.tiled_matmul(tb.logits_padded, tb.head_packed, top, U)  # (V + padding, T*B)
-    else:
-        kernels.transpose_into(tb.head_T, params["head.W"], U)
-        kernels.matmul_rows(tb.logits_T, tb.head_T, top, U)  # (V, T*B)
+    _transposed_weights_times(tb.logits_padded, params["head.W"], top, tb.head_packed, tb.head_T, U)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
     ws.logits = tb.logits_T.T
 
@@ -369,11 +369,7 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
     kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
     dh = tb.dh.reshape(H, T * B)
-    if tb.head_rows_packed.shape[0] > 0:
-        kernels.pack_rows(tb.head_rows_packed, params["head.W"], U)
-        kernels.tiled_matmul(dh, tb.head_rows_packed, tb.dlogits_T, U)
-    else:
-        kernels.matmul_rows(dh, params["head.W"], tb.dlogits_T, U)
+    _weights_times(dh, params["head.W"], tb.dlogits_T, tb.head_rows_packed, U)
 
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
@@ -409,6 +405,30 @@ def _tiles_serve(rows: int, batch: int, dtype: np.dtype) -> bool:
     products whose weights must come in whole tiles of `rows` rows (a band's rows in every
     gate, or the rows of head.W): float32, whole tiles, whole vectors of streams."""
     return np.dtype(dtype) == np.float32 and rows % tiles.ROWS == 0 and batch % tiles.LANES == 0
+
+
+def _transposed_weights_times(
+    out: np.ndarray, W: np.ndarray, x: np.ndarray, packed: np.ndarray, W_T: np.ndarray, U: int
+) -> None:
+    """out (M, N) = W.T · x over a window, W (K, M) as stored: on the register tiles from W.T
+    packed into `packed` when it has room (out then has M rounded up to whole tiles of rows),
+    else BLAS on W.T transposed into W_T (M, K)."""
+    if packed.shape[0] > 0:
+        kernels.pack_rows(packed, W.T, U)
+        kernels.tiled_matmul(out, packed, x, U)
+    else:
+        kernels.transpose_into(W_T, W, U)
+        kernels.matmul_rows(out, W_T, x, U)
+
+
+def _weights_times(out: np.ndarray, W: np.ndarray, x: np.ndarray, packed: np.ndarray, U: int) -> None:
+    """out (M, N) = W · x over a window, W (M, K): on the register tiles from W packed into
+    `packed` when it has room, else BLAS on W itself."""
+    if packed.shape[0] > 0:
+        kernels.pack_rows(packed, W, U)
+        kernels.tiled_matmul(out, packed, x, U)
+    else:
+        kernels.matmul_rows(out, W, x, U)
 
 
 def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray) -> None:

@@ -323,8 +323,8 @@ TILED = ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4)  # bands of 8 or
 def test_float32_training_on_register_tiles_matches_the_reference(bands):
     """float32, whole tiles of units and streams: the recurrent products of both passes run
     on the register tiles (kernels.step_product), so do the head's (kernels.tiled_matmul,
-    V = 7 rows padded to 8), and loss and gradients still match the
-    float64 reference to float32 precision."""
+    V = 7 rows padded to 8), and loss and gradients still match the float64 reference to
+    float32 precision."""
     T, B = 5, 16
     params, inputs, targets, h0, c0 = make_case(TILED, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
