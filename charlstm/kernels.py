@@ -218,8 +218,9 @@ def to_step_major(act, proj, threads):
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_forward(
-    h_seq, h_prev_seq, act, c_steps, h_steps, Wh_bands, Wh_packed, b, h0, c0, table_T, tokens, meeting
-):
+    h_seq, h_prev_seq, h_prev_rows, act, c_steps, h_steps, Wh_bands, Wh_packed, b, h0, c0, table_T, tokens,
+    meeting,
+):  # fmt: skip
     """lstm_forward for training, keeping what lstm_train_backward needs; the units in U bands,
     one per thread.
 
@@ -228,7 +229,9 @@ def lstm_train_forward(
     c_steps    (T, H, B)  out: cell memory after each step
     h_steps    (T, H, B)  out: hidden state after each step
     h_seq      (H, T, B)  out: the same, feature-major (for BLAS)
-    h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh
+    h_prev_seq (H, T, B)  out: the state each step started from (h0 first), for dWh by BLAS
+    h_prev_rows (T, B, H) out: the same a row per stream, for dWh in lstm_train_backward's
+               steps; either may be left empty (0, ...) and is then not written
     Wh_bands (U, 4Hu, H): rows i, f, g, o of Wh.T for the units of each band, stacked, for
                BLAS; or, with the register tiles, (U, 0, H)
     Wh_packed (U, 4Hu/ROWS, H, ROWS): the same rows packed for step_product (pack_into_bands);
@@ -258,6 +261,8 @@ def lstm_train_forward(
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, t)
         _to_feature_major(h_seq, h_prev_seq, h_steps, h0, first * Hu, last * Hu)
+        if h_prev_rows.shape[0] > 0:
+            _to_stream_rows(h_prev_rows, h_steps, h0, first * Hu, last * Hu)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -374,28 +379,49 @@ def _forward_band_step(act, c_steps, h_steps, z, Wh_band, Wh_packed, b, h0, c0, 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
-    """Rows lo .. hi-1 of h_seq and h_prev_seq (H, T, B) from h_steps (T, H, B) and h0 (H, B)."""
+    """Rows lo .. hi-1 of h_seq and (unless empty) h_prev_seq (H, T, B) from h_steps (T, H, B)
+    and h0 (H, B)."""
     T, H, B = h_steps.shape
+    with_prev = h_prev_seq.shape[0] > 0
     for j in range(lo, hi):
         for t in range(T):
             src = h_steps[t, j]
-            before = h_steps[t - 1, j] if t > 0 else h0[j]
             dst = h_seq[j, t]
-            prev = h_prev_seq[j, t]
             for r in range(B):  # explicit loops: numba's slice assignment costs more per row
                 dst[r] = src[r]
-                prev[r] = before[r]
+            if with_prev:
+                before = h_steps[t - 1, j] if t > 0 else h0[j]
+                prev = h_prev_seq[j, t]
+                for r in range(B):
+                    prev[r] = before[r]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _to_stream_rows(h_prev_rows, h_steps, h0, lo, hi):
+    """Columns lo .. hi-1 of h_prev_rows (T, B, H)[t] = h_{t-1}.T: h0 (H, B) first, then
+    h_steps (T, H, B)."""
+    T = h_steps.shape[0]
+    for t in range(T):
+        before = h_steps[t - 1] if t > 0 else h0
+        _transpose(h_prev_rows[t, :, lo:hi], before[lo:hi])
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_backward(
-    dz, db, dh_seq, act, c_steps, Wh, Wh_packed, c0, dz_steps, dh_steps, dtable_T, tokens, bands, meeting
-):
+    dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_packed, c0, h_prev_rows, dz_steps, dh_steps, dtable_T,
+    tokens, bands, meeting,
+):  # fmt: skip
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0); the
     units in `bands` bands, one per thread, as in lstm_train_forward.
 
-    dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations, feature-major
+    dz     (4H, T, B) out: gradient of the loss w.r.t. the gate pre-activations, feature-major;
+           or (0, T, B), not written
     db     (4H,): accumulated into
+    dWh    (H, 4H): accumulated into, step by step, when h_prev_rows (T, B, H) holds the
+           state each step started from (lstm_train_forward; float32, whole tiles of ROWS rows
+           per band and of 16 columns in H): tiles.add_product in dWh_T (4H, H) work while
+           dz_steps[t] is in cache, each thread on its own rows, then added in transposed.
+           h_prev_rows empty (0, B, H): dWh is the caller's (one product from dz).
     dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
     act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
     Wh_packed (H/ROWS, 4H, ROWS): Wh packed for step_product, or (0, 4H, ROWS): BLAS on Wh.
@@ -403,7 +429,8 @@ def lstm_train_backward(
     dtable_T (4H, V), tokens (T*B,): for the first layer (tokens not empty), the gradient of
     lstm_train_forward's lookup table is added into dtable_T, step by step while dz_steps[t]
     is in cache (each thread owns its rows of it).
-    The weight and input gradients follow from dz with one large product each (the caller).
+    The other weight and input gradients follow from dz with one large product each (the
+    caller).
     """
     T, G, B = act.shape
     H = G // 4
@@ -412,16 +439,24 @@ def lstm_train_backward(
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     tiles_per_band = Wh_packed.shape[0] // U
+    with_dWh = h_prev_rows.shape[0] > 0
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
         first, last = spin.share(how, u, U)  # the bands this thread walks
         lo, hi = first * Hu, last * Hu  # their units
         _to_step_major_rows(dh_steps, dh_seq, lo, hi)
+        if with_dWh:
+            for q in range(4):
+                dWh_T[q * H + lo : q * H + hi] = 0.0
         for t in range(T - 1, -1, -1):
             _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
             if tokens.shape[0] > 0:
                 _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi)
+            if with_dWh:
+                for q in range(4):
+                    rows = slice(q * H + lo, q * H + hi)
+                    tiles.add_product(dWh_T[rows], dz_steps[t, rows], h_prev_rows[t])
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, T - 1 - t)  # all of dz_steps[t] is written
             if t > 0:
@@ -430,6 +465,9 @@ def lstm_train_backward(
                     rows = slice(v * Hu, (v + 1) * Hu)
                     step_product(dh_next[rows], Wh[rows], packed, dz_steps[t])
         _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
+        if with_dWh:
+            for q in range(4):
+                _transpose(dWh[:, q * H + lo : q * H + hi], dWh_T[q * H + lo : q * H + hi], True)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -495,23 +533,25 @@ def _to_step_major_rows(dst, src, lo, hi):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi):
-    """dz (4H, T, B) = dz_steps (T, 4H, B) for the gate rows of units lo .. hi-1, adding their
-    sums to db (4H,): one running sum per stream, in dz's precision, over the T steps (so that
-    the additions vectorise along the row instead of each waiting on the last), then the B
-    stream sums added in float64."""
+    """dz (4H, T, B) = dz_steps (T, 4H, B) for the gate rows of units lo .. hi-1 (unless dz
+    is empty), adding their sums to db (4H,): one running sum per stream, in dz's precision,
+    over the T steps (so that the additions vectorise along the row instead of each waiting
+    on the last), then the B stream sums added in float64."""
     T, G, B = dz_steps.shape
     H = G // 4
     per_stream = np.empty(B, dtype=dz.dtype)
+    copy = dz.shape[0] > 0
     for q in range(4):
         for k in range(q * H + lo, q * H + hi):
             per_stream[:] = 0.0
             for t in range(T):
                 src = dz_steps[t, k]
-                dst = dz[k, t]
                 for r in range(B):
-                    x = src[r]
-                    dst[r] = x
-                    per_stream[r] += x
+                    per_stream[r] += src[r]
+                if copy:
+                    dst = dz[k, t]
+                    for r in range(B):
+                        dst[r] = src[r]
             total = 0.0
             for r in range(B):
                 total += per_stream[r]

@@ -41,57 +41,68 @@ def _index(value):
     return ir.Constant(_I64, value)
 
 
-def _make_tile(vectors):
-    """The tile intrinsic for a block of `vectors` * 16 columns."""
+def _make_tile(vectors, accumulate):
+    """The tile intrinsic for a block of `vectors` * 16 columns, adding to the output block
+    (accumulate) or overwriting it."""
 
     @intrinsic
-    def tile(typingctx, out, w_packed, x, p, col):
-        """out[p*ROWS + i, col + c] = sum over k of w_packed[p, k, i] * x[k, col + c], for
-        i < ROWS and c < vectors * 16. out (M, N) and x (K, N) float32 with contiguous rows
-        (column slices of bigger arrays allowed); w_packed (P, K, ROWS) float32, C-contiguous.
-        Nothing is checked."""
-        sig = types.void(out, w_packed, x, types.intp, types.intp)
+    def tile(typingctx, out, w, x, w_first, w_row_step, w_k_step, row, col):
+        """out[row + i, col + c] (+)= sum over k < K of W[i, k] * x[k, col + c] for i < ROWS and
+        c < vectors * 16, with W[i, k] = w's element w_first + i*w_row_step + k*w_k_step counted
+        from w's first one (any float32 array) and K = x.shape[0]. out and x float32 with
+        contiguous rows (column slices of bigger arrays allowed). Nothing is checked."""
+        sig = types.void(out, w, x, types.intp, types.intp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
             out_ty, w_ty, x_ty = signature.args[:3]
             out_ptr = _data(context, builder, out_ty, args[0])
             w_ptr = _data(context, builder, w_ty, args[1])
             x_ptr = _data(context, builder, x_ty, args[2])
-            p, col = args[3], args[4]
+            w_first, w_row_step, w_k_step, row, col = args[3:]
             K = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, args[2]).shape, 2)[0]
             x_row_step = _row_step(context, builder, x_ty, args[2])
             out_row_step = _row_step(context, builder, out_ty, args[0])
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v16f32"
             )
-            zeros = ir.Constant(_VEC, [0.0] * LANES)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
             undefined = ir.Constant(_VEC, ir.Undefined)
-            acc = [[cgutils.alloca_once_value(builder, zeros) for _ in range(vectors)] for _ in range(ROWS)]
-            w_tile = builder.gep(w_ptr, [builder.mul(builder.mul(p, K), _index(ROWS))])
-            x_col = builder.gep(x_ptr, [col])
 
             def vector_at(row_ptr, v):
                 return builder.bitcast(builder.gep(row_ptr, [_index(LANES * v)]), _VEC.as_pointer())
+
+            out_col = builder.gep(out_ptr, [col])
+            row_offsets = [builder.mul(builder.add(row, _index(i)), out_row_step) for i in range(ROWS)]
+            out_rows = [builder.gep(out_col, [offset]) for offset in row_offsets]
+            start = ir.Constant(_VEC, [0.0] * LANES)
+            acc = [
+                [
+                    cgutils.alloca_once_value(
+                        builder, builder.load(vector_at(out_rows[i], v), align=4) if accumulate else start
+                    )
+                    for v in range(vectors)
+                ]
+                for i in range(ROWS)
+            ]
+            w_first_row = builder.gep(w_ptr, [w_first])
+            w_rows = [builder.gep(w_first_row, [builder.mul(_index(i), w_row_step)]) for i in range(ROWS)]
+            x_col = builder.gep(x_ptr, [col])
 
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
                 x_row = builder.gep(x_col, [builder.mul(k, x_row_step)])
                 xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
-                w_k = builder.gep(w_tile, [builder.mul(k, _index(ROWS))])
+                w_k = builder.mul(k, w_k_step)
                 for i in range(ROWS):
-                    w = builder.load(builder.gep(w_k, [_index(i)]))
+                    w = builder.load(builder.gep(w_rows[i], [w_k]))
                     ws = builder.shuffle_vector(
                         builder.insert_element(undefined, w, ir.Constant(ir.IntType(32), 0)), undefined, splat
                     )
                     for v in range(vectors):
                         builder.store(builder.call(fma, [ws, xs[v], builder.load(acc[i][v])]), acc[i][v])
-            out_col = builder.gep(out_ptr, [col])
-            first_row = builder.mul(p, _index(ROWS))
             for i in range(ROWS):
-                out_row = builder.gep(out_col, [builder.mul(builder.add(first_row, _index(i)), out_row_step)])
                 for v in range(vectors):
-                    builder.store(builder.load(acc[i][v]), vector_at(out_row, v), align=4)
+                    builder.store(builder.load(acc[i][v]), vector_at(out_rows[i], v), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -99,8 +110,10 @@ def _make_tile(vectors):
     return tile
 
 
-tile_32 = _make_tile(2)  # 32 columns: two vectors per row
-tile_16 = _make_tile(1)
+tile_32 = _make_tile(2, False)  # 32 columns: two vectors per row
+tile_16 = _make_tile(1, False)
+add_tile_32 = _make_tile(2, True)
+add_tile_16 = _make_tile(1, True)
 
 
 def product(out, W_packed, x):
@@ -111,19 +124,33 @@ def product(out, W_packed, x):
     raise NotImplementedError("charlstm.tiles.product runs inside numba kernels only")
 
 
+def add_product(out, W, x):
+    """out (M, N) += W (M, K) · x (K, N), W read in place (contiguous rows, M a multiple of
+    ROWS): for short K, where W's ROWS rows at a time stay in cache. N a multiple of 16,
+    rows contiguous. Kernels only (see the overload): float32 runs the register tiles;
+    other precisions a plain loop with the same meaning."""
+    raise NotImplementedError("charlstm.tiles.add_product runs inside numba kernels only")
+
+
+def _float32(array_type):
+    return isinstance(array_type.dtype, types.Float) and array_type.dtype.bitwidth == 32
+
+
 @overload(product)
 def _product_overload(out, W_packed, x):
-    if isinstance(out.dtype, types.Float) and out.dtype.bitwidth == 32:
+    if _float32(out):
 
         def tiled(out, W_packed, x):
-            B = out.shape[1]
+            N = out.shape[1]
+            tile_step = W_packed.strides[0] // W_packed.itemsize
+            k_step = W_packed.strides[1] // W_packed.itemsize
             for p in range(W_packed.shape[0]):
                 col = 0
-                while col + 2 * LANES <= B:
-                    tile_32(out, W_packed, x, p, col)
+                while col + 2 * LANES <= N:
+                    tile_32(out, W_packed, x, p * tile_step, 1, k_step, p * ROWS, col)
                     col += 2 * LANES
-                if col < B:
-                    tile_16(out, W_packed, x, p, col)
+                if col < N:
+                    tile_16(out, W_packed, x, p * tile_step, 1, k_step, p * ROWS, col)
 
         return tiled
 
@@ -137,5 +164,33 @@ def _product_overload(out, W_packed, x):
                     w = W_packed[p, k, i]
                     for c in range(out.shape[1]):
                         row[c] += w * x[k, c]
+
+    return plain
+
+
+@overload(add_product)
+def _add_product_overload(out, W, x):
+    if _float32(out):
+
+        def tiled(out, W, x):
+            N = out.shape[1]
+            row_step = W.strides[0] // W.itemsize
+            for first in range(0, W.shape[0], ROWS):
+                col = 0
+                while col + 2 * LANES <= N:
+                    add_tile_32(out, W, x, first * row_step, row_step, 1, first, col)
+                    col += 2 * LANES
+                if col < N:
+                    add_tile_16(out, W, x, first * row_step, row_step, 1, first, col)
+
+        return tiled
+
+    def plain(out, W, x):
+        for m in range(W.shape[0]):
+            row = out[m]
+            for k in range(W.shape[1]):
+                w = W[m, k]
+                for c in range(out.shape[1]):
+                    row[c] += w * x[k, c]
 
     return plain

@@ -220,8 +220,12 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     table_T, dtable_T = normal(G, V), np.zeros((G, V), dtype)
     tokens = rng.integers(0, V, T * B)
     c_steps, h_steps = np.empty((T, H, B), dtype), np.empty((T, H, B), dtype)
-    h_seq, h_prev = np.empty((H, T, B), dtype), np.empty((H, T, B), dtype)
+    h_seq = np.empty((H, T, B), dtype)
     dz, db, dz_steps = np.empty((G, T, B), dtype), np.zeros(G, dtype), np.empty((T, G, B), dtype)
+    dWh, dWh_T = np.zeros((H, G), dtype), np.empty((G, H), dtype)
+    # the state before each step: for dWh in the backward's steps when tiled, else for BLAS
+    h_prev = np.empty((0 if tiled else H, T, B), dtype)
+    h_prev_rows = np.empty((T if tiled else 0, B, H), dtype)
     # the weights as model._prepare_forward_weights and _train_backward lay them out
     R = tiles.ROWS
     weights = SimpleNamespace(
@@ -237,17 +241,18 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     numba.set_num_threads(threads)
     try:
         kernels.lstm_train_forward(
-            h_seq, h_prev, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0, c0,
-            table_T, tokens, meeting,
+            h_seq, h_prev, h_prev_rows, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0,
+            c0, table_T, tokens, meeting,
         )  # fmt: skip
         forward_met = meeting[0]
         kernels.lstm_train_backward(
-            dz, db, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, dz_steps, h_steps, dtable_T,
-            tokens, bands, meeting,
+            dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, h_prev_rows, dz_steps,
+            h_steps, dtable_T, tokens, bands, meeting,
         )  # fmt: skip
     finally:
         numba.set_num_threads(before)
-    return (h_seq, h_prev, act, c_steps, dz, db, dtable_T), forward_met, meeting[0]
+    outputs = (h_seq, h_prev, h_prev_rows, act, c_steps, dz, db, dWh, dtable_T)
+    return outputs, forward_met, meeting[0]
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
@@ -263,7 +268,7 @@ def test_bands_on_one_thread_or_two_give_the_same_bits(tiled):
     assert forward_met == backward_met == 2, "two threads never met in three tries"
     alone, forward_met, backward_met = run_band_kernels(threads=1, tiled=tiled)
     assert forward_met < 0 and backward_met < 0  # claimed by the one member that came
-    names = ("h_seq", "h_prev", "act", "c_steps", "dz", "db", "dtable_T")
+    names = ("h_seq", "h_prev", "h_prev_rows", "act", "c_steps", "dz", "db", "dWh", "dtable_T")
     for name, x, y in zip(names, together, alone, strict=True):
         assert np.array_equal(x, y), name
 
