@@ -296,6 +296,29 @@ def test_register_tiles_multiply_like_the_formula(dtype, rtol, B):
     assert np.all(np.abs(out - expected) <= bound), np.max(np.abs(out - expected) / bound)
 
 
+@numba.njit
+def _add_tiled_product(out, W, x):
+    tiles.add_product(out, W, x)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+def test_register_tiles_add_a_product_of_weights_read_in_place(dtype, rtol):
+    """tiles.add_product: out += W · x with W read where it lies, here every other row of a
+    bigger array (as the backward reads a band's gate rows of a step's dz), and 48 columns
+    of out and x sliced from wider arrays (one block of 32 columns, then one of 16)."""
+    rng = np.random.default_rng(7)
+    M, K, N = 2 * tiles.ROWS, 32, 48
+    W = rng.normal(size=(2 * M, K)).astype(dtype)[::2]
+    x = rng.normal(size=(K, N + 16)).astype(dtype)[:, 16:]
+    start = rng.normal(size=(M, N + 16)).astype(dtype)
+    out = start.copy()
+    _add_tiled_product(out[:, :N], W, x)
+    expected = start[:, :N].astype(np.float64) + W.astype(np.float64) @ x.astype(np.float64)
+    bound = rtol * (np.abs(start[:, :N]) + np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))
+    assert np.all(np.abs(out[:, :N] - expected) <= bound)
+    assert np.array_equal(out[:, N:], start[:, N:])  # nothing written past the slice
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
     """kernels.tiled_matmul: W's 13 rows padded with zeros to two tiles (pack_rows), 48
