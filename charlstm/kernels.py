@@ -649,18 +649,6 @@ def add_row_vector(a, v):
             a[m, n] += v[n]
 
 
-@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def add_row_sums(out, a):
-    """out (M,) += a (M, N) summed along each row (bias gradients, feature-major)."""
-    M, N = a.shape
-    for m in prange(M):
-        row = a[m]
-        acc = 0.0
-        for n in range(N):
-            acc += row[n]
-        out[m] += acc
-
-
 @njit(cache=True, error_model="numpy", nogil=True)
 def add_column_vector(a, v):
     """a (M, N) += v (M,) on every column (adding a bias, feature-major)."""
@@ -723,21 +711,29 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def softmax_cross_entropy_columns(dlogits, logits, targets, threads):
+def softmax_cross_entropy_columns(dlogits, dbias, logits, targets, threads):
     """softmax_cross_entropy for logits stored (V, N), one column per character: the same
     mean loss and gradient (V, N), with the inner loops running along N (vectorised), in
-    `threads` bands of columns, whose sums are added in a fixed order."""
-    N = logits.shape[1]
+    `threads` bands of columns, whose sums are added in a fixed order. The gradient's row
+    sums, that of the bias added to every column, are added into dbias (V,) on the way."""
+    V, N = logits.shape
     sums = np.zeros(threads, dtype=np.float64)
+    row_sums = np.zeros((threads, V), dtype=np.float64)
     for p in prange(threads):
-        sums[p] = _cross_entropy_band(dlogits, logits, targets, p * N // threads, (p + 1) * N // threads)
+        lo, hi = p * N // threads, (p + 1) * N // threads
+        sums[p] = _cross_entropy_band(dlogits, row_sums[p], logits, targets, lo, hi)
+    for k in range(V):
+        total = 0.0
+        for p in range(threads):
+            total += row_sums[p, k]
+        dbias[k] += total
     return sums.sum() / N
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _cross_entropy_band(dlogits, logits, targets, lo, hi):
-    """The columns lo .. hi-1 of softmax_cross_entropy_columns: their gradient, and their
-    summed (not yet averaged) loss as the return value."""
+def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
+    """The columns lo .. hi-1 of softmax_cross_entropy_columns: their gradient, its row sums
+    in row_sums (V,), and their summed (not yet averaged) loss as the return value."""
     V, N = logits.shape
     m = logits[0, lo:hi].copy()  # column maxima
     for k in range(1, V):
@@ -757,12 +753,27 @@ def _cross_entropy_band(dlogits, logits, targets, lo, hi):
     for n in range(hi - lo):
         total += math.log(s[n]) + m[n] - logits[targets[lo + n], lo + n]
         s[n] = 1.0 / (s[n] * N)
+    W = tiles.LANES  # running sums across the row, W at a time, so that the additions vectorise
+    acc = np.empty(W, dtype=dlogits.dtype)
+    whole = (hi - lo) // W * W
     for k in range(V):
         drow = dlogits[k, lo:hi]
-        for n in range(hi - lo):
+        acc[:] = 0.0
+        for n0 in range(0, whole, W):
+            for i in range(W):
+                d = drow[n0 + i] * s[n0 + i]
+                drow[n0 + i] = d
+                acc[i] += d
+        total_k = 0.0
+        for n in range(whole, hi - lo):
             drow[n] *= s[n]
+            total_k += drow[n]
+        for i in range(W):
+            total_k += acc[i]
+        row_sums[k] = total_k
     for n in range(lo, hi):
         dlogits[targets[n], n] -= 1.0 / N
+        row_sums[targets[n]] -= 1.0 / N
     return total
 
 

@@ -369,10 +369,9 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     tb = ws._training()
     flat_targets = np.ascontiguousarray(targets).reshape(T * B)
     U = ws.bands
-    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, tb.logits_T, flat_targets, U)
+    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, grads["head.b"], tb.logits_T, flat_targets, U)
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
-    kernels.add_row_sums(grads["head.b"], tb.dlogits_T)
     dh = tb.dh.reshape(H, T * B)
     _weights_times(dh, params["head.W"], tb.dlogits_T, tb.head_rows_packed, U)
 
