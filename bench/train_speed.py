@@ -5,8 +5,7 @@ against the same step in PyTorch, side by side.
 
 Each measurement runs in its own subprocess with the thread count fixed through the
 environment (BLAS and OpenMP pools are sized when they load), and the two implementations
-alternate so that a noisy neighbour hurts both alike; each takes the median step of a
-second's worth, the table the best of --repeats. B=32, T=64, V=65, E=64, float32.
+alternate so that a noisy neighbour hurts both alike. B=32, T=64, V=65, E=64, float32.
 PyTorch columns are blank when torch is not installed.
 """
 
@@ -26,17 +25,14 @@ MIN_STEPS, MIN_SECONDS = 6, 1.0  # each timing: at least this many steps and thi
 
 
 def chars_per_second(step) -> float:
-    """Characters per second of step(k), k = 0, 1, ..., from the median time of one call over
-    at least MIN_STEPS calls and MIN_SECONDS: a neighbour that takes a core for a moment
-    slows a few steps, not the median (a mean over the second swung by 20% from run to run
-    on this shared host)."""
+    """Characters per second of step(k), k = 0, 1, ..., over at least MIN_STEPS calls and
+    MIN_SECONDS (small models take a few ms a step: a handful would be timer noise)."""
     start = time.perf_counter()
-    times = []
-    while len(times) < MIN_STEPS or time.perf_counter() - start < MIN_SECONDS:
-        before = time.perf_counter()
-        step(len(times))
-        times.append(time.perf_counter() - before)
-    return B * T / float(np.median(times))
+    steps = 0
+    while steps < MIN_STEPS or time.perf_counter() - start < MIN_SECONDS:
+        step(steps)
+        steps += 1
+    return B * T * steps / (time.perf_counter() - start)
 
 
 def time_charlstm(layers: int, hidden: int) -> float:
