@@ -14,7 +14,7 @@ numba cannot express vector registers, so the tile is built with llvmlite's IR b
 """
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -136,21 +136,36 @@ def _float32(array_type):
     return isinstance(array_type.dtype, types.Float) and array_type.dtype.bitwidth == 32
 
 
+def _tiles_across(wide, narrow):
+    """A row of tiles for every column of the output: blocks of 32 (`wide`), then one of 16
+    (`narrow`) if left; the tiles fixed when compiled."""
+
+    @njit(inline="always")
+    def row_of_tiles(out, w, x, w_first, w_row_step, w_k_step, row):
+        N = out.shape[1]
+        col = 0
+        while col + 2 * LANES <= N:
+            wide(out, w, x, w_first, w_row_step, w_k_step, row, col)
+            col += 2 * LANES
+        if col < N:
+            narrow(out, w, x, w_first, w_row_step, w_k_step, row, col)
+
+    return row_of_tiles
+
+
+_row_of_tiles = _tiles_across(tile_32, tile_16)
+_row_of_added_tiles = _tiles_across(add_tile_32, add_tile_16)
+
+
 @overload(product)
 def _product_overload(out, W_packed, x):
     if _float32(out):
 
         def tiled(out, W_packed, x):
-            N = out.shape[1]
             tile_step = W_packed.strides[0] // W_packed.itemsize
             k_step = W_packed.strides[1] // W_packed.itemsize
             for p in range(W_packed.shape[0]):
-                col = 0
-                while col + 2 * LANES <= N:
-                    tile_32(out, W_packed, x, p * tile_step, 1, k_step, p * ROWS, col)
-                    col += 2 * LANES
-                if col < N:
-                    tile_16(out, W_packed, x, p * tile_step, 1, k_step, p * ROWS, col)
+                _row_of_tiles(out, W_packed, x, p * tile_step, 1, k_step, p * ROWS)
 
         return tiled
 
@@ -173,15 +188,9 @@ def _add_product_overload(out, W, x):
     if _float32(out):
 
         def tiled(out, W, x):
-            N = out.shape[1]
             row_step = W.strides[0] // W.itemsize
             for first in range(0, W.shape[0], ROWS):
-                col = 0
-                while col + 2 * LANES <= N:
-                    add_tile_32(out, W, x, first * row_step, row_step, 1, first, col)
-                    col += 2 * LANES
-                if col < N:
-                    add_tile_16(out, W, x, first * row_step, row_step, 1, first, col)
+                _row_of_added_tiles(out, W, x, first * row_step, row_step, 1, first)
 
         return tiled
 
