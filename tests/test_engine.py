@@ -344,22 +344,29 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
     assert np.all(out[M:] == 0.0)
 
 
-TILED = ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4)  # bands of 8 or 16 units
+TILED = {  # bands of 8 or 16 units
+    "plain": ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4),
+    "dropout": ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4, dropout=0.3),
+}
 
 
+@pytest.mark.parametrize("config", TILED.values(), ids=TILED.keys())
 @pytest.mark.parametrize("bands", [1, 2])
-def test_float32_training_on_register_tiles_matches_the_reference(bands):
+def test_float32_training_on_register_tiles_matches_the_reference(bands, config):
     """float32, whole tiles of units and streams: the recurrent products of both passes run
     on the register tiles (kernels.step_product), so do the head's (kernels.tiled_matmul,
-    V = 7 rows padded to 8), and loss and gradients still match the float64 reference to
-    float32 precision."""
+    V = 7 rows padded to 8) and dWh's (in the backward's steps), and loss and gradients
+    still match the float64 reference to float32 precision, with dropout too."""
     T, B = 5, 16
-    params, inputs, targets, h0, c0 = make_case(TILED, T, B, seed=31)
+    params, inputs, targets, h0, c0 = make_case(config, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
     tb = ws._train
     assert tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[0] > 0
     assert tb.head_packed.shape[0] * tiles.ROWS == 8 and tb.head_rows_packed.shape[0] > 0  # V = 7 padded
-    ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, None)
+    assert tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the steps
+    masks = reference_masks(ws)
+    assert (masks is not None) == (config.dropout > 0)
+    ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)
     assert abs(loss - ref_loss) <= 1e-5
     for name in grads.names():
         np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=2e-6, err_msg=name)
