@@ -319,7 +319,7 @@ def tiled_matmul(out, W_packed, x, threads):
     """out (M, N) = W (M, K) · x (K, N) on the register tiles, W packed as for step_product
     (M a whole number of tiles: pad W with zero rows); N a multiple of 16, cut into
     `threads` bands of columns, one per numba thread. For the head's products, where BLAS
-    runs at 70-85 GFLOP/s (V = 65 rows, or K = 65) and the tiles at 95-100."""
+    runs at 70-87 GFLOP/s (V = 65 rows, or K = 65) and the tiles at 95-100."""
     vectors = out.shape[1] // tiles.LANES
     for p in prange(threads):
         lo = p * vectors // threads * tiles.LANES
@@ -753,14 +753,14 @@ def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
     for n in range(hi - lo):
         total += math.log(s[n]) + m[n] - logits[targets[lo + n], lo + n]
         s[n] = 1.0 / (s[n] * N)
-    W = tiles.LANES  # running sums across the row, W at a time, so that the additions vectorise
-    acc = np.empty(W, dtype=dlogits.dtype)
-    whole = (hi - lo) // W * W
+    lanes = tiles.LANES  # running sums across the row, a vector at a time, that vectorise
+    acc = np.empty(lanes, dtype=dlogits.dtype)
+    whole = (hi - lo) // lanes * lanes
     for k in range(V):
         drow = dlogits[k, lo:hi]
         acc[:] = 0.0
-        for n0 in range(0, whole, W):
-            for i in range(W):
+        for n0 in range(0, whole, lanes):
+            for i in range(lanes):
                 d = drow[n0 + i] * s[n0 + i]
                 drow[n0 + i] = d
                 acc[i] += d
@@ -768,7 +768,7 @@ def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
         for n in range(whole, hi - lo):
             drow[n] *= s[n]
             total_k += drow[n]
-        for i in range(W):
+        for i in range(lanes):
             total_k += acc[i]
         row_sums[k] = total_k
     for n in range(lo, hi):

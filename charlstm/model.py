@@ -355,7 +355,7 @@ def _train_forward(
         c[layer] = tb.c_steps[layer, T - 1].T
 
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
-    _transposed_weights_times(tb.logits_padded, params["head.W"], top, tb.head_packed, tb.head_T, U)
+    _window_product(tb.logits_padded, params["head.W"].T, top, tb.head_packed, U, tb.head_T)
     kernels.add_column_vector(tb.logits_T, params["head.b"])
     ws.logits = tb.logits_T.T
 
@@ -373,7 +373,7 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
     dh = tb.dh.reshape(H, T * B)
-    _weights_times(dh, params["head.W"], tb.dlogits_T, tb.head_rows_packed, U)
+    _window_product(dh, params["head.W"], tb.dlogits_T, tb.head_rows_packed, U)
 
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
@@ -424,34 +424,26 @@ def _step_gradients_serve(H: int, bands: int, batch: int, dtype: np.dtype) -> bo
     can (each band's gate rows in whole tiles, H in whole vectors), and each thread's rows of
     dWh_T (4H/bands, H) stay in its cache from step to step. Measured on one core: the tiles
     run at ~103 GFLOP/s on a step's dz while it is in cache, BLAS at ~87 on the window's, at
-    1x128 (3% of a training step); even at 256 units on one thread (1 MiB); 6% slower at 512
-    (4 MiB)."""
+    1x128 (3% of a training step); in a full step neutral at 256 units on one thread (1 MiB),
+    3-6% slower at 512 (4 MiB)."""
     fits = 4 * (H // bands) * H * np.dtype(dtype).itemsize <= STEP_GRADIENT_BYTES
     return fits and _tiles_serve(H // bands, batch, dtype) and H % tiles.LANES == 0
 
 
-def _transposed_weights_times(
-    out: np.ndarray, W: np.ndarray, x: np.ndarray, packed: np.ndarray, W_T: np.ndarray, U: int
+def _window_product(
+    out: np.ndarray, W: np.ndarray, x: np.ndarray, packed: np.ndarray, U: int, W_T: np.ndarray | None = None
 ) -> None:
-    """out (M, N) = W.T · x over a window, W (K, M) as stored: on the register tiles from W.T
-    packed into `packed` when it has room (out then has M rounded up to whole tiles of rows),
-    else BLAS on W.T transposed into W_T (M, K)."""
-    if packed.shape[0] > 0:
-        kernels.pack_rows(packed, W.T, U)
-        kernels.tiled_matmul(out, packed, x, U)
-    else:
-        kernels.transpose_into(W_T, W, U)
-        kernels.matmul_rows(out, W_T, x, U)
-
-
-def _weights_times(out: np.ndarray, W: np.ndarray, x: np.ndarray, packed: np.ndarray, U: int) -> None:
-    """out (M, N) = W · x over a window, W (M, K): on the register tiles from W packed into
-    `packed` when it has room, else BLAS on W itself."""
+    """out (M, N) = W (M, K) · x (K, N) over a window: on the register tiles from W packed into
+    `packed` when it has room (out then has M rounded up to whole tiles of rows), else BLAS
+    on W, or on W_T, a contiguous copy of it, when W is a transposed view."""
     if packed.shape[0] > 0:
         kernels.pack_rows(packed, W, U)
         kernels.tiled_matmul(out, packed, x, U)
-    else:
-        kernels.matmul_rows(out, W, x, U)
+        return
+    if not W.flags.c_contiguous:
+        kernels.transpose_into(W_T, W.T, U)
+        W = W_T
+    kernels.matmul_rows(out, W, x, U)
 
 
 def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray) -> None:

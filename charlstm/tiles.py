@@ -1,4 +1,5 @@
-"""A register-tiled float32 product for the recurrent step, written in LLVM IR.
+"""Register-tiled float32 products, written in LLVM IR: the recurrent step's, and (the same
+tiles) the head's and the step-by-step dWh of the backward.
 
 Each step of the LSTM multiplies the same weights W (M, K) by a thin block of states x (K, B),
 B = 32 streams. BLAS repacks all of W on every call, which at these shapes costs a quarter of
@@ -119,7 +120,7 @@ add_tile_16 = _make_tile(1, True)
 def product(out, W_packed, x):
     """out (M, N) = W (M, K) · x (K, N) from W packed (M/ROWS, K, ROWS), W_packed[p, k, i] =
     W[p*ROWS + i, k]; N a multiple of 16, rows contiguous (out and x may be column slices of
-    bigger arrays), W_packed C-contiguous. Kernels only (see the overload):
+    bigger arrays), W_packed's last axis contiguous. Kernels only (see the overload):
     float32 runs the register tiles; other precisions a plain loop with the same meaning."""
     raise NotImplementedError("charlstm.tiles.product runs inside numba kernels only")
 

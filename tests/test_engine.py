@@ -8,6 +8,7 @@ through a rational tanh/sigmoid approximation (error ~4e-7) and a polynomial exp
 its tolerances are looser.
 """
 
+import contextlib
 import dataclasses
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import reference
 
-from charlstm import blas_threads, kernels, model, tiles
+from charlstm import kernels, model, tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
 
 # Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
@@ -202,6 +203,17 @@ def test_units_in_bands_train_like_the_reference(config, bands):
     np.testing.assert_allclose(c, ref["c"], rtol=0, atol=1e-10)
 
 
+@contextlib.contextmanager
+def numba_threads(threads):
+    """numba's parallel kernels on `threads` threads inside the block."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     """lstm_train_forward then lstm_train_backward on random inputs, with numba on `threads`
     threads: (every output, how the forward's team met, how the backward's did); the latter is
@@ -237,9 +249,7 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     if tiled:
         kernels.pack_rows(Wh_rows_packed, Wh, 1)
     meeting = np.zeros(2, dtype=np.int64)
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads(threads):
         kernels.lstm_train_forward(
             h_seq, h_prev, h_prev_rows, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0,
             c0, table_T, tokens, meeting,
@@ -249,8 +259,6 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
             dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, h_prev_rows, dz_steps,
             h_steps, dtable_T, tokens, bands, meeting,
         )  # fmt: skip
-    finally:
-        numba.set_num_threads(before)
     outputs = (h_seq, h_prev, h_prev_rows, act, c_steps, dz, db, dWh, dtable_T)
     return outputs, forward_met, meeting[0]
 
@@ -332,12 +340,8 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
     kernels.pack_rows(W_packed, W, threads)
     assert np.all(W_packed[1, :, M - tiles.ROWS :] == 0.0)  # the padding rows
     out = np.full((P * tiles.ROWS, N), np.nan, dtype=np.float32)
-    with blas_threads.limited_to(1):
-        numba.set_num_threads(threads)
-        try:
-            kernels.tiled_matmul(out, W_packed, x, threads)
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    with numba_threads(threads):
+        kernels.tiled_matmul(out, W_packed, x, threads)
     expected = W.astype(np.float64) @ x.astype(np.float64)
     bound = 1e-5 * (np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))
     assert np.all(np.abs(out[:M] - expected) <= bound)
