@@ -2,11 +2,15 @@
 against the same step in PyTorch, side by side.
 
     python bench/train_speed.py [--sizes 1x128,2x256,2x512,3x512] [--threads 1,2] [--repeats 3]
+                                [--isa native,avx2] [--end-to-end STEPS]
 
 Each measurement runs in its own subprocess with the thread count fixed through the
 environment (BLAS and OpenMP pools are sized when they load), and the two implementations
 alternate so that a noisy neighbour hurts both alike. B=32, T=64, V=65, E=64, float32.
-PyTorch columns are blank when torch is not installed.
+PyTorch columns are blank when torch is not installed. --isa runs every row on each instruction
+set in turn, charlstm and PyTorch both held to it (bench/isa.py), and first prints what that
+build runs on: its tile, OpenBLAS's kernels, the FMA peak of one core, the recurrent product's
+GFLOP/s. --end-to-end times `charlstm train` with its defaults against the bare step.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
+import isa as isa_env
 import numpy as np
 
 B, T, V, E = 32, 64, 65, 64
@@ -87,51 +94,101 @@ def time_torch(layers: int, hidden: int, threads: int) -> float:
     return chars_per_second(lambda k: step())
 
 
-def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int) -> float | None:
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--child", f"{impl}:{layers}:{hidden}:{threads}"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+def measure_in_subprocess(child: str, isa: str, threads: int) -> dict | None:
+    """Run this script's `--child` job on `isa` with `threads` threads; its JSON answer, or None
+    when it needs torch and torch is not installed."""
+    cmd = [sys.executable, __file__, "--child", child]
+    result = subprocess.run(cmd, env=isa_env.environment(isa, threads), capture_output=True, text=True)
     if result.returncode != 0:
-        if impl == "torch" and "No module named 'torch'" in result.stderr:
+        if "No module named 'torch'" in result.stderr:
             return None
         raise RuntimeError(result.stderr)
-    return json.loads(result.stdout.strip().splitlines()[-1])["chars_per_s"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def end_to_end(isa: str, steps: int) -> dict:
+    """`charlstm train` on tinyshakespeare with its defaults (2x256, dropout, validation and
+    checkpoints every --eval-every, two threads): characters trained per second of the whole
+    run, start-up and compilation excluded (the summary's time counts from the first step)."""
+    corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "corpora", "tinyshakespeare.txt")
+    with tempfile.TemporaryDirectory() as out:
+        charlstm = os.path.join(os.path.dirname(sys.executable), "charlstm")
+        cmd = [charlstm, "train", corpus, "--steps", str(steps), "--eval-every", str(steps // 2),
+               "--out", os.path.join(out, "e2e.npz")]  # fmt: skip
+        env = isa_env.environment(isa, 2)
+        env.update(NO_COLOR="1", COLUMNS="200")
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    fields = dict(
+        re.findall(r"^[│| ]*(characters seen|time|characters/s)\s+[│| ]?\s*(\S+)", result.stdout, re.M)
+    )
+    minutes, seconds = fields["time"].split(":")[-2:]
+    elapsed = int(minutes) * 60 + int(seconds)
+    seen = int(fields["characters seen"].replace(",", ""))
+    return {"wall": seen / elapsed, "steps_only": float(fields["characters/s"].replace(",", ""))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1x128,2x256,2x512,3x512")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="STEPS",
+                        help="also time `charlstm train` with its defaults for this many steps")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        impl, layers, hidden, threads = args.child.split(":")
+        impl, *rest = args.child.split(":")
+        if impl == "figures":
+            print(json.dumps(isa_env.build_figures()))
+            return
+        layers, hidden, threads = (int(n) for n in rest)
         if impl == "charlstm":
-            rate = time_charlstm(int(layers), int(hidden))
+            print(json.dumps({"chars_per_s": time_charlstm(layers, hidden)}))
         else:
-            rate = time_torch(int(layers), int(hidden), int(threads))
-        print(json.dumps({"chars_per_s": rate}))
+            print(json.dumps({"chars_per_s": time_torch(layers, hidden, threads)}))
         return
 
     sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
     thread_counts = [int(n) for n in args.threads.split(",")]
     print(f"one training step, B={B} T={T} V={V} E={E} float32; characters/s, best of {args.repeats}")
-    print(f"{'L x H':>7} {'threads':>7} {'charlstm':>10} {'pytorch':>10} {'ratio':>7}")
-    for layers, hidden in sizes:
-        for threads in thread_counts:
-            ours, theirs = 0.0, None
-            for _ in range(args.repeats):  # alternate so both see the same machine
-                ours = max(ours, measure_in_subprocess("charlstm", layers, hidden, threads))
-                rate = measure_in_subprocess("torch", layers, hidden, threads)
-                if rate is not None:
-                    theirs = max(theirs or 0.0, rate)
-            ratio = f"{ours / theirs:7.2f}" if theirs else f"{'-':>7}"
-            torch_col = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
-            print(f"{layers:>3}x{hidden:<3} {threads:>7} {ours:10.0f} {torch_col} {ratio}", flush=True)
+    print(f"CPU: {isa_env.cpu_model()}")
+    for isa in args.isa.split(","):
+        f = measure_in_subprocess("figures", isa, 1)
+        products = ", ".join(
+            f"{shape}: tiles {p['tiles']:.0f}" if p["tiles"] else f"{shape}: tiles -"
+            for shape, p in f.items() if isinstance(p, dict)
+        )  # fmt: skip
+        blas = ", ".join(f"{p['blas']:.0f}" for p in f.values() if isinstance(p, dict))
+        print(f"\n--isa {isa}: built for {f['isa']} (tile {f['tile']}), OpenBLAS {f['openblas']}; "
+              f"FMA peak {f['peak']:.0f} GFLOP/s a core; step product x32, one thread, GFLOP/s: "
+              f"{products} (BLAS {blas})")  # fmt: skip
+        print(f"{'isa':>6} {'L x H':>7} {'threads':>7} {'charlstm':>10} {'pytorch':>10} {'ratio':>7}")
+        for layers, hidden in sizes:
+            for threads in thread_counts:
+                ours, theirs = 0.0, None
+                for _ in range(args.repeats):  # alternate so both see the same machine
+                    job = f"{layers}:{hidden}:{threads}"
+                    ours = max(ours, measure_in_subprocess(f"charlstm:{job}", isa, threads)["chars_per_s"])
+                    rate = measure_in_subprocess(f"torch:{job}", isa, threads)
+                    if rate is not None:
+                        theirs = max(theirs or 0.0, rate["chars_per_s"])
+                ratio = f"{ours / theirs:7.2f}" if theirs else f"{'-':>7}"
+                torch_col = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
+                row = f"{isa:>6} {layers:>3}x{hidden:<3} {threads:>7} {ours:10.0f} {torch_col} {ratio}"
+                print(row, flush=True)
+        if args.end_to_end:
+            step_rate = max(
+                measure_in_subprocess("charlstm:2:256:2", isa, 2)["chars_per_s"] for _ in range(args.repeats)
+            )
+            run = end_to_end(isa, args.end_to_end)
+            print(f"end to end, charlstm train (2x256, 2 threads, {args.end_to_end} steps): "
+                  f"{run['wall']:.0f} characters/s over the run with validation and checkpoints "
+                  f"({run['steps_only']:.0f} over its steps alone), against {step_rate:.0f} for the "
+                  f"bare step (bench, dropout off): {run['wall'] / step_rate:.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

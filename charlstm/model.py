@@ -3,7 +3,7 @@ named views) and the forward/backward driver that strings the kernels together.
 
 tokens -> embedding (E, or one-hot when E = 0) -> L stacked LSTM layers of H units -> linear
 head to V logits -> softmax cross-entropy (mean over B*T characters, nats). Inverted dropout
-between layers and before the head, in training only. Letters as in kernels.py.
+between layers and before the head, in training only. Letters as in charlstm.kernels.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from . import blas_threads, kernels, tiles
+from . import blas_threads, kernels
+from .kernels import tiles
 
 GATE_NAMES = ("i", "f", "g", "o")  # order along the 4H axis, as in PyTorch
 
@@ -212,21 +213,21 @@ class _TrainBuffers:
         # The state before each step, for dWh: a row per stream for the backward's steps when
         # the register tiles serve there (see _step_gradients_serve), else feature-major for
         # one BLAS product; the other left empty
-        in_steps = _step_gradients_serve(H, U, B, dtype)
+        in_steps = _step_gradients_serve(H, U, dtype)
         self.h_prev = np.empty((L, 0 if in_steps else H, T, B), dtype=dtype)
         self.h_prev_rows = np.empty((L, T if in_steps else 0, B, H), dtype=dtype)
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
         # The weights as the products read them. Wh for the step products: in the register
-        # tiles of kernels.step_product when they serve (by bands for the forward, by rows for
-        # the backward), else transposed into bands for BLAS (the backward's BLAS reads Wh
-        # itself). The other layout is left empty.
-        R, G_band = tiles.ROWS, 4 * (H // U)
-        tiled = _tiles_serve(H // U, B, dtype)
-        self.Wh_bands = np.empty((U, 0 if tiled else G_band, H), dtype=dtype)
-        self.Wh_packed = np.empty((U, G_band // R if tiled else 0, H, R), dtype=dtype)
-        self.Wh_rows_packed = np.empty((H // R if tiled else 0, 4 * H, R), dtype=dtype)
+        # tiles of kernels.step_product when they serve (a band's 4Hu gate rows for the
+        # forward, its Hu rows of Wh for the backward), else transposed into bands for BLAS
+        # (the backward's BLAS reads Wh itself). The other layout is left empty.
+        R, Hu = tiles.ROWS, H // U
+        tiled = _tiles_serve(tiles.STEP, 4 * Hu, B, dtype) and _tiles_serve(tiles.STEP, Hu, B, dtype)
+        self.Wh_bands = np.empty((U, 0 if tiled else 4 * Hu, H), dtype=dtype)
+        self.Wh_packed = np.empty((U, _tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
+        self.Wh_rows_packed = np.empty((U, _tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
         # Wx above the first layer: transposed for BLAS (the tiles on its window-wide products
         # measured 10% faster alone, but a full step at 2x256 5% slower on one thread). The head's
         # W: in tiles of rows for kernels.tiled_matmul when they serve (head.W.T, padded with
@@ -234,10 +235,10 @@ class _TrainBuffers:
         # (whose backward reads head.W itself); BLAS runs these V-thin products at 70-87
         # GFLOP/s, the tiles at 95-100.
         self.Wx_T = np.empty((4 * H, H), dtype=dtype)
-        head_tiled = _tiles_serve(H, B, dtype)
+        head_tiled = _tiles_serve(tiles.HEAD, H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
-        self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)
-        self.head_rows_packed = np.empty((H // R if head_tiled else 0, V, R), dtype=dtype)
+        self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
+        self.head_rows_packed = np.empty((_tiles_of(H) if head_tiled else 0, V, R), dtype=dtype)
         V_rows = self.head_packed.shape[0] * R if head_tiled else V  # logit rows, padding included
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
@@ -249,7 +250,7 @@ class _TrainBuffers:
         self.dh = np.empty((H, T, B), dtype=dtype)
         self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
         self.h_steps = np.empty((T, H, B), dtype=dtype)
-        self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.spin)
+        self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.kernels.spin)
 
 
 def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
@@ -381,8 +382,8 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         if layer == 0:
             tb.dtable_T[...] = 0.0
-        if tb.Wh_rows_packed.shape[0] > 0:  # the backward's step products on tiles of Wh's rows
-            kernels.pack_rows(tb.Wh_rows_packed, params[f"lstm.{layer}.Wh"], U)
+        if tb.Wh_rows_packed.shape[1] > 0:  # the backward's step products on tiles of Wh's rows
+            kernels.pack_bands(tb.Wh_rows_packed, params[f"lstm.{layer}.Wh"])
         dWh_in_steps = tb.h_prev_rows.shape[1] > 0
         work = _transposed_gradient(tb, 4 * H, H)
         # dz feature-major for the products that follow, if any: dWh's when it is not done in
@@ -409,17 +410,24 @@ def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Work
     return loss
 
 
-def _tiles_serve(rows: int, batch: int, dtype: np.dtype) -> bool:
-    """Whether the register tiles (kernels.step_product, kernels.tiled_matmul) can run
-    products whose weights must come in whole tiles of `rows` rows (a band's rows in every
-    gate, or the rows of head.W): float32, whole tiles, whole vectors of streams."""
-    return np.dtype(dtype) == np.float32 and rows % tiles.ROWS == 0 and batch % tiles.LANES == 0
+def _tiles_serve(product: str, rows: int, columns: int, dtype: np.dtype) -> bool:
+    """Whether the register tiles run `product` (tiles.STEP, HEAD or STEP_GRADIENT) with an
+    output of `rows` x `columns` (streams, or H for dWh): float32, the compile target's
+    geometry serves that product (measured: charlstm.kernels.tiles.GEOMETRIES), the rows in
+    whole tiles and the columns in whole vectors."""
+    geometry = tiles.GEOMETRY
+    return np.dtype(dtype) == np.float32 and geometry.serves(product) and tiles.fits(geometry, rows, columns)
+
+
+def _tiles_of(rows: int) -> int:
+    """How many register tiles a product of `rows` rows comes in (tiles.plan)."""
+    return sum(tiles.tile_count(tiles.GEOMETRY, rows))
 
 
 STEP_GRADIENT_BYTES = 512 * 1024  # most of a thread's rows of dWh_T one core's L2 cache keeps
 
 
-def _step_gradients_serve(H: int, bands: int, batch: int, dtype: np.dtype) -> bool:
+def _step_gradients_serve(H: int, bands: int, dtype: np.dtype) -> bool:
     """Whether lstm_train_backward should add up dWh step by step on the register tiles: they
     can (each band's gate rows in whole tiles, H in whole vectors), and each thread's rows of
     dWh_T (4H/bands, H) stay in its cache from step to step. Measured on one core: the tiles
@@ -427,7 +435,7 @@ def _step_gradients_serve(H: int, bands: int, batch: int, dtype: np.dtype) -> bo
     1x128 (3% of a training step); in a full step neutral at 256 units on one thread (1 MiB),
     3-6% slower at 512 (4 MiB)."""
     fits = 4 * (H // bands) * H * np.dtype(dtype).itemsize <= STEP_GRADIENT_BYTES
-    return fits and _tiles_serve(H // bands, batch, dtype) and H % tiles.LANES == 0
+    return fits and _tiles_serve(tiles.STEP_GRADIENT, H // bands, H, dtype)
 
 
 def _window_product(
@@ -437,7 +445,7 @@ def _window_product(
     `packed` when it has room (out then has M rounded up to whole tiles of rows), else BLAS
     on W, or on W_T, a contiguous copy of it, when W is a transposed view."""
     if packed.shape[0] > 0:
-        kernels.pack_rows(packed, W, U)
+        kernels.pack_rows(packed, W, out.shape[0], U)
         kernels.tiled_matmul(out, packed, x, U)
         return
     if not W.flags.c_contiguous:

@@ -2,7 +2,7 @@
 periodic validation, best-model and full-state checkpoints, and exact resume.
 
 `train` takes the options the user gave (defaults in `TrainOptions`, or the saved ones when
-resuming) and reports through `Hooks` callbacks; it never prints. Letters as in kernels.py.
+resuming) and reports through `Hooks` callbacks; it never prints. Letters as in charlstm.kernels.
 """
 
 from __future__ import annotations

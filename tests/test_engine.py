@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import reference
 
-from charlstm import kernels, model, tiles
+from charlstm import kernels, model
+from charlstm.kernels import tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad
 
 # Small shapes for reference comparisons; tiny ones for element-by-element finite differences.
@@ -242,12 +243,12 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     R = tiles.ROWS
     weights = SimpleNamespace(
         Wh_bands=np.empty((bands, 0 if tiled else G // bands, H), dtype),
-        Wh_packed=np.empty((bands, G // bands // R if tiled else 0, H, R), dtype),
+        Wh_packed=np.empty((bands, model._tiles_of(G // bands) if tiled else 0, H, R), dtype),
     )
     model._prepare_forward_weights(weights, Wh)
-    Wh_rows_packed = np.empty((H // R if tiled else 0, G, R), dtype)
+    Wh_rows_packed = np.empty((bands, model._tiles_of(H // bands) if tiled else 0, G, R), dtype)
     if tiled:
-        kernels.pack_rows(Wh_rows_packed, Wh, 1)
+        kernels.pack_bands(Wh_rows_packed, Wh)
     meeting = np.zeros(2, dtype=np.int64)
     with numba_threads(threads):
         kernels.lstm_train_forward(
@@ -281,74 +282,7 @@ def test_bands_on_one_thread_or_two_give_the_same_bits(tiled):
         assert np.array_equal(x, y), name
 
 
-@numba.njit
-def _tiled_product(out, W_packed, x):
-    tiles.product(out, W_packed, x)
-
-
-@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
-@pytest.mark.parametrize("B", [16, 32, 48, 64])
-def test_register_tiles_multiply_like_the_formula(dtype, rtol, B):
-    """kernels.pack_rows then tiles.product: float32 through the LLVM register tiles (blocks
-    of 32 streams, then one of 16), float64 through the plain loop of the same meaning."""
-    rng = np.random.default_rng(B)
-    M, K = 3 * tiles.ROWS, 40
-    W, x = rng.normal(size=(M, K)).astype(dtype), rng.normal(size=(K, B)).astype(dtype)
-    W_packed = np.empty((M // tiles.ROWS, K, tiles.ROWS), dtype=dtype)
-    kernels.pack_rows(W_packed, W, 1)
-    assert W_packed[1, 5, 3] == W[tiles.ROWS + 3, 5]
-    out = np.full((M, B), np.nan, dtype=dtype)
-    _tiled_product(out, W_packed, x)
-    expected = W.astype(np.float64) @ x.astype(np.float64)
-    bound = rtol * (np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))  # per element
-    assert np.all(np.abs(out - expected) <= bound), np.max(np.abs(out - expected) / bound)
-
-
-@numba.njit
-def _add_tiled_product(out, W, x):
-    tiles.add_product(out, W, x)
-
-
-@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
-def test_register_tiles_add_a_product_of_weights_read_in_place(dtype, rtol):
-    """tiles.add_product: out += W · x with W read where it lies, here every other row of a
-    bigger array (as the backward reads a band's gate rows of a step's dz), and 48 columns
-    of out and x sliced from wider arrays (one block of 32 columns, then one of 16)."""
-    rng = np.random.default_rng(7)
-    M, K, N = 2 * tiles.ROWS, 32, 48
-    W = rng.normal(size=(2 * M, K)).astype(dtype)[::2]
-    x = rng.normal(size=(K, N + 16)).astype(dtype)[:, 16:]
-    start = rng.normal(size=(M, N + 16)).astype(dtype)
-    out = start.copy()
-    _add_tiled_product(out[:, :N], W, x)
-    expected = start[:, :N].astype(np.float64) + W.astype(np.float64) @ x.astype(np.float64)
-    bound = rtol * (np.abs(start[:, :N]) + np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))
-    assert np.all(np.abs(out[:, :N] - expected) <= bound)
-    assert np.array_equal(out[:, N:], start[:, N:])  # nothing written past the slice
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
-    """kernels.tiled_matmul: W's 13 rows padded with zeros to two tiles (pack_rows), 48
-    columns cut into bands of whole vectors (16 + 32 on two threads: tiles on column slices)."""
-    rng = np.random.default_rng(threads)
-    M, K, N = 13, 40, 48
-    W = rng.normal(size=(K, M)).astype(np.float32).T  # a transposed view, as head.W.T
-    x = rng.normal(size=(K, N)).astype(np.float32)
-    P = -(-M // tiles.ROWS)
-    W_packed = np.full((P, K, tiles.ROWS), np.nan, dtype=np.float32)
-    kernels.pack_rows(W_packed, W, threads)
-    assert np.all(W_packed[1, :, M - tiles.ROWS :] == 0.0)  # the padding rows
-    out = np.full((P * tiles.ROWS, N), np.nan, dtype=np.float32)
-    with numba_threads(threads):
-        kernels.tiled_matmul(out, W_packed, x, threads)
-    expected = W.astype(np.float64) @ x.astype(np.float64)
-    bound = 1e-5 * (np.abs(W.astype(np.float64)) @ np.abs(x.astype(np.float64)))
-    assert np.all(np.abs(out[:M] - expected) <= bound)
-    assert np.all(out[M:] == 0.0)
-
-
-TILED = {  # bands of 8 or 16 units
+TILED = {  # bands of 8 or 16 units: on AVX2's 6-row tiles, with tails
     "plain": ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4),
     "dropout": ModelConfig(vocab_size=7, layers=2, hidden=16, embed=4, dropout=0.3),
 }
@@ -365,9 +299,13 @@ def test_float32_training_on_register_tiles_matches_the_reference(bands, config)
     params, inputs, targets, h0, c0 = make_case(config, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
     tb = ws._train
-    assert tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[0] > 0
-    assert tb.head_packed.shape[0] * tiles.ROWS == 8 and tb.head_rows_packed.shape[0] > 0  # V = 7 padded
-    assert tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the steps
+    geometry = tiles.GEOMETRY
+    assert tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[1] > 0
+    if geometry.serves(tiles.HEAD):  # V = 7 padded to whole tiles
+        assert tb.head_packed.shape[0] * tiles.ROWS == -(-7 // tiles.ROWS) * tiles.ROWS
+        assert tb.head_rows_packed.shape[0] > 0
+    if geometry.serves(tiles.STEP_GRADIENT):
+        assert tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the steps
     masks = reference_masks(ws)
     assert (masks is not None) == (config.dropout > 0)
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)

@@ -1,0 +1,52 @@
+"""Every Numba-compiled kernel of charlstm, by topic: activations, lstm (the layer's forward and
+backward), layouts (copies, transposes, the tiles' packing), products (BLAS and the register
+tiles), loss, optimizer, sampling, inspection; tiles (the register tiles and their per-ISA
+geometry) and spin (where threads meet) hold the LLVM intrinsics they build on.
+
+Conventions (shared with the rest of the package):
+  B batch, T time, V vocabulary, E embedding, H hidden, L layers, I input width of a layer.
+  Gates lie along the 4H axis in the order i, f, g, o (PyTorch's). Sequences are time-major.
+Kernels take arrays and plain numbers only (no globals, no function arguments), never check
+shapes (the Python wrappers do) and have no fixed signature, so one kernel serves float64
+(gradient checks) and float32 (training). Outputs come first, then inputs, then sizes.
+Backward kernels *add* into gradient buffers; the caller zeroes them.
+
+The public kernels are imported here, so callers write `kernels.adam_step`.
+"""
+
+from .activations import exp, sigmoid, tanh
+from .inspection import gate_stats_add, lstm_forward_stream, tanh_rows
+from .layouts import (
+    apply_dropout,
+    gather_rows,
+    pack_bands,
+    pack_into_bands,
+    pack_rows,
+    to_step_major,
+    transpose_into,
+    transpose_into_bands,
+)
+from .loss import softmax_cross_entropy, softmax_cross_entropy_columns, token_log_probs
+from .lstm import lstm_forward, lstm_train_backward, lstm_train_forward
+from .optimizer import adam_step, average_step, clip_grad_norm, global_norm
+from .products import (
+    add_column_vector,
+    add_row_vector,
+    add_weight_gradient,
+    matmul,
+    matmul_add,
+    matmul_rows,
+    step_product,
+    tiled_matmul,
+)
+from .sampling import embed_projection, generate_steps, generate_steps_parallel, lstm_step, sample_tokens
+
+__all__ = [
+    "add_column_vector", "add_row_vector", "add_weight_gradient", "adam_step", "apply_dropout",
+    "average_step", "clip_grad_norm", "embed_projection", "exp", "gate_stats_add", "gather_rows",
+    "generate_steps", "generate_steps_parallel", "global_norm", "lstm_forward", "lstm_forward_stream",
+    "lstm_step", "lstm_train_backward", "lstm_train_forward", "matmul", "matmul_add", "matmul_rows",
+    "pack_bands", "pack_into_bands", "pack_rows", "sample_tokens", "sigmoid", "softmax_cross_entropy",
+    "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows", "tiled_matmul",
+    "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
+]  # fmt: skip

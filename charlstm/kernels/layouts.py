@@ -1,0 +1,155 @@
+"""Layouts and copies: step-major copies of feature-major sequences, tiled transposes, the
+register tiles' packing of weights, row gathers (the embedding lookup) and masked copies
+(dropout).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import tiles
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def to_step_major(act, proj, threads):
+    """act (T, R, B)[t, k] = proj (R, T, B)[k, t]: a feature-major sequence, step-major, in
+    `threads` bands of rows."""
+    R = act.shape[1]
+    for p in prange(threads):
+        _to_step_major_rows(act, proj, p * R // threads, (p + 1) * R // threads)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _to_step_major_rows(dst, src, lo, hi):
+    """dst (T, R, B)[t, k] = src (R, T, B)[k, t] for the rows lo .. hi-1."""
+    T, R, B = dst.shape
+    for k in range(lo, hi):
+        for t in range(T):
+            d = dst[t, k]
+            s = src[k, t]
+            for r in range(B):
+                d[r] = s[r]
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def transpose_into(out, a, threads):
+    """out (N, M) = a (M, N).T, in `threads` bands of out's rows: the contiguous transposes
+    BLAS takes (NumPy's strided copy runs at a fraction of the memory bandwidth)."""
+    N = out.shape[0]
+    for p in prange(threads):
+        lo, hi = p * N // threads, (p + 1) * N // threads
+        _transpose(out[lo:hi], a[:, lo:hi])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def transpose_into_bands(out, a):
+    """out (U, 4Hu, I)[u, q*Hu + j] = a (I, 4H)[:, q*H + u*Hu + j]: the rows of a.T for the
+    gates q = i, f, g, o of band u's units, stacked (kernels.lstm_train_forward's Wh_bands);
+    one band per thread."""
+    U, G_band, _ = out.shape
+    Hu = G_band // 4
+    H = Hu * U
+    for u in prange(U):
+        for q in range(4):
+            lo = q * H + u * Hu
+            _transpose(out[u, q * Hu : (q + 1) * Hu], a[:, lo : lo + Hu])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _transpose(out, a, add=False):
+    """out (N, M) = a (M, N).T, or += with add, in tiles of 8 x 8, so that reads and writes
+    both stay in a few cache lines at a time."""
+    M, N = a.shape
+    for i0 in range(0, M, 8):
+        i1 = min(i0 + 8, M)
+        for j0 in range(0, N, 8):
+            for j in range(j0, min(j0 + 8, N)):
+                row = out[j]
+                if add:
+                    for i in range(i0, i1):
+                        row[i] += a[i, j]
+                else:
+                    for i in range(i0, i1):
+                        row[i] = a[i, j]
+
+
+# The register tiles read W packed (P, K, R): tile p holds rows first_row(p) .. of the
+# product in its R slots per k, W_packed[p, k, i] = W[first_row(p) + i, k], so that a tile
+# streams its weights from one contiguous run. A product of M rows comes in the tiles of
+# tiles.plan(M): full tiles of R = tiles.ROWS rows, then tails of tiles.TAIL_ROWS rows (their
+# other slots zero); rows past W's own are zero too (the head pads V up to whole tiles).
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def pack_rows(out, W, rows, threads):
+    """out (P, K, R) = the rows of W (M, K) in the tiles of a product of `rows` >= M rows (zero
+    past M), in `threads` bands of tiles. W may be a transposed view."""
+    P = out.shape[0]
+    full, tails = tiles.plan(rows)
+    M = W.shape[0]
+    for part in prange(threads):
+        _pack(out, W, full, part * P // threads, (part + 1) * P // threads, M, 0, 0, M)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def pack_bands(out, W):
+    """out (U, P, K, R): rows u*Mb .. (u+1)*Mb - 1 of W (M, K), Mb = M/U, in the tiles of a
+    product of Mb rows, for each band u (the backward's Wh, cut by units); one band per
+    thread."""
+    U, P = out.shape[:2]
+    Mb = W.shape[0] // U
+    full, tails = tiles.plan(Mb)
+    for u in prange(U):
+        _pack(out[u], W, full, 0, P, Mb, 0, u * Mb, Mb)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def pack_into_bands(out, a):
+    """out (U, P, I, R): the rows of a.T (a (I, 4H)) that transpose_into_bands stacks for band
+    u (gates i, f, g, o of its Hu = H/U units), in the tiles of a product of 4Hu rows; one
+    band per thread."""
+    U, P = out.shape[:2]
+    H = a.shape[1] // 4
+    Hu = H // U
+    full, tails = tiles.plan(4 * Hu)
+    for u in prange(U):
+        _pack(out[u], a.T, full, 0, P, Hu, H, u * Hu, 4 * Hu)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _pack(out, W, full, lo, hi, block, stride, offset, M):
+    """Tiles lo .. hi-1 of out (P, K, R), `full` of them whole: product row m < M is row
+    (m // block) * stride + offset + m % block of W (?, K) (block = M, stride = 0: row
+    offset + m); rows past M and a tail's unused slots are zero. W may be a transposed view."""
+    P, K, R = out.shape
+    source = np.empty(R, dtype=np.int64)  # W's row for each slot of a tile, -1: zero
+    for p in range(lo, hi):
+        start = tiles.first_row(p, full)
+        height = R if p < full else tiles.TAIL_ROWS
+        for i in range(R):
+            m = start + i
+            source[i] = (m // block) * stride + offset + m % block if i < height and m < M else -1
+        for k in range(K):
+            dst = out[p, k]
+            for i in range(R):
+                dst[i] = W[source[i], k] if source[i] >= 0 else 0.0
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def gather_rows(out, table, tokens):
+    """out (N, D) = table[tokens]; tokens (N,) int. Embedding lookup, or one-hot times Wx."""
+    N, D = out.shape
+    for n in range(N):
+        row = table[tokens[n]]
+        for k in range(D):
+            out[n, k] = row[k]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def apply_dropout(out, x, mask):
+    """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout). Any layout:
+    the row-major inference pass reads the feature-major masks through a transposed view."""
+    P, Q, R = out.shape
+    for p in range(P):
+        for q in range(Q):
+            for r in range(R):
+                out[p, q, r] = x[p, q, r] * mask[p, q, r]

@@ -1,0 +1,383 @@
+"""Register-tiled float32 products W (M, K) · x (K, N) for thin x (N = B streams), written in
+LLVM IR, and the one table that says which tile shape each instruction set gets.
+
+Each step of the LSTM multiplies the same weights by a thin block of states. BLAS repacks all
+of W on every call, which at these shapes costs about a quarter of the product's time. Packed
+once per window into tiles of `rows` rows (charlstm.kernels.layouts), W can be streamed
+straight from memory instead: a tile keeps a rows x (vectors * lanes) block of the output in
+vector registers and adds one rank-1 update per k (`rows` broadcast weights times `vectors`
+vectors of row k of x). The block must fit the register file with the vectors of x and the
+broadcast weight, so its shape follows the vector width and the register count, as BLIS keeps
+one micro-kernel shape per architecture:
+
+  isa     lanes  registers  tile (rows x columns)  registers used
+  avx512  16     32         8 x 32                 16 accumulators + 2 of x + 1 weight = 19
+  avx2    8      16         6 x 16 (4 x 16 tails)  12 + 2 + 1 = 15
+  neon    4      32         8 x 12                 24 + 3 + 1 = 28
+  none    (no FMA: every product goes to BLAS)
+
+The 8 x 32 AVX-512 tile, compiled for AVX2, needs 32 live 8-float halves in 16 registers and
+spills (measured on a Zen 5 host built for znver3: 87 GFLOP/s against 120 for 6 x 16). A
+product whose rows `rows` does not divide finishes with tiles of `tail_rows` rows.
+
+The target is read the way numba compiles for it: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when
+set, else the host. `compile_target_isa` compiles one fused multiply-add of 16 floats for that
+target with llvmlite and reads the registers LLVM chose, so a CPU named without features gets
+the features LLVM gives it. numba's cache keys its builds by that same target, so each target's
+build keeps the geometry it was built with.
+
+numba cannot express vector registers, so the tile is built with llvmlite's IR builder behind
+`numba.extending.intrinsic` (as in charlstm.kernels.spin).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+# The products that can run on tiles (charlstm.model picks per product with Geometry.serves):
+STEP = "step"  # the recurrent step's Wh products, forward and backward
+HEAD = "head"  # the head's two window products, logits and dh
+STEP_GRADIENT = "step_gradient"  # dWh added up step by step inside the backward
+ALL_PRODUCTS = frozenset({STEP, HEAD, STEP_GRADIENT})
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One instruction set's register tile and the products it serves (measured)."""
+
+    isa: str
+    lanes: int  # float32 lanes of one vector register
+    registers: int  # vector registers the ISA has
+    rows: int  # rows of W per tile
+    vectors: int  # vectors of columns per tile: the block is rows x vectors * lanes
+    tail_rows: int  # rows of the tiles that finish a product `rows` does not divide
+    products: frozenset  # the products the tiles beat BLAS on, in a full training step
+
+    @property
+    def registers_used(self) -> int:
+        """Accumulators, the vectors of x's row k, and the broadcast weight."""
+        return self.rows * self.vectors + self.vectors + 1
+
+    def serves(self, product: str) -> bool:
+        return product in self.products
+
+
+# Which products run on tiles, per ISA, and why (full training steps, tiles against BLAS in one
+# process, alternating; bench/train_speed.py prints the products' GFLOP/s):
+# - avx512: all three (README: the step 1.26-1.50x PyTorch with them; the head 95-100 GFLOP/s
+#   against BLAS's 70-87; dWh in the steps 3% faster at 1x128).
+# - avx2: all three; measured on a Zen 5 host compiled for znver3 (see the README table).
+# - neon: the step products only, for the reason they win on x86 (BLAS repacks W every call):
+#   not measured, as no ARM machine was at hand; the head and dWh stay on BLAS until they are.
+# - none: a target without FMA (or vectors) has nothing the tiles do better.
+GEOMETRIES = {
+    "avx512": Geometry("avx512", 16, 32, rows=8, vectors=2, tail_rows=8, products=ALL_PRODUCTS),
+    "avx2": Geometry("avx2", 8, 16, rows=6, vectors=2, tail_rows=4, products=ALL_PRODUCTS),
+    "neon": Geometry("neon", 4, 32, rows=8, vectors=3, tail_rows=8, products=frozenset({STEP})),
+    "none": Geometry("none", 4, 16, rows=4, vectors=1, tail_rows=4, products=frozenset()),
+}
+
+_PROBE = """
+define void @probe(ptr %p) {
+  %a = load <16 x float>, ptr %p
+  %r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %a, <16 x float> %a)
+  store <16 x float> %r, ptr %p
+  ret void
+}
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+"""
+
+
+def numba_target() -> tuple[str, str]:
+    """(CPU name, features) that numba compiles for: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when
+    set, else the host's (numba.core.codegen does the same)."""
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    name = config.CPU_NAME or ll.get_host_cpu_name()
+    features = config.CPU_FEATURES
+    if features is None:
+        features = ll.get_host_cpu_features().flatten()
+    return name, features
+
+
+@functools.cache
+def isa_of(cpu_name: str, features: str) -> str:
+    """The GEOMETRIES key for code LLVM builds for this CPU and features: one 16-float fused
+    multiply-add compiled, its registers read off the assembly."""
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    target = ll.Target.from_triple(ll.get_process_triple())
+    machine = target.create_target_machine(cpu=cpu_name, features=features, opt=0)
+    module = ll.parse_assembly(_PROBE)
+    module.triple = machine.triple
+    asm = machine.emit_assembly(module)
+    if "vfmadd" in asm:
+        return "avx512" if "zmm" in asm else "avx2" if "ymm" in asm else "none"
+    if "fmla" in asm and ".4s" in asm:
+        return "neon"
+    return "none"
+
+
+def compile_target_isa() -> str:
+    """The ISA numba compiles for here; CHARLSTM_TILES=isa overrides it (tests only: numba's
+    cache does not know of it, so it is refused without a NUMBA_CACHE_DIR of its own)."""
+    forced = os.environ.get("CHARLSTM_TILES")
+    if forced:
+        if forced not in GEOMETRIES:
+            raise ValueError(f"CHARLSTM_TILES={forced!r}: one of {', '.join(GEOMETRIES)}")
+        if not os.environ.get("NUMBA_CACHE_DIR"):
+            raise ValueError("CHARLSTM_TILES needs a NUMBA_CACHE_DIR of its own (numba's cache keys by CPU)")
+        return forced
+    return isa_of(*numba_target())
+
+
+GEOMETRY = GEOMETRIES[compile_target_isa()]
+
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+
+
+def _index(value):
+    return ir.Constant(_I64, value)
+
+
+def _data(context, builder, array_type, array):
+    """Pointer to the first element of a numba array in generated code."""
+    return context.make_array(array_type)(context, builder, array).data
+
+
+def _row_step(context, builder, array_type, array):
+    """Elements from one row of a 2-D float32 array to the next, in generated code."""
+    strides = context.make_array(array_type)(context, builder, array).strides
+    return builder.sdiv(cgutils.unpack_tuple(builder, strides, 2)[0], _index(4))
+
+
+def _make_tile(rows, vectors, lanes, accumulate):
+    """The tile intrinsic for a block of `rows` x `vectors` * `lanes` columns, adding to the
+    output block (accumulate) or overwriting it."""
+    vec = ir.VectorType(_F32, lanes)
+
+    @intrinsic
+    def tile(typingctx, out, w, x, w_first, w_row_step, w_k_step, row, col):
+        """out[row + i, col + c] (+)= sum over k < K of W[i, k] * x[k, col + c] for i < rows and
+        c < vectors * lanes, with W[i, k] = w's element w_first + i*w_row_step + k*w_k_step
+        counted from w's first one (any float32 array) and K = x.shape[0]. out and x float32
+        with contiguous rows (column slices of bigger arrays allowed). Nothing is checked."""
+        sig = types.void(out, w, x, types.intp, types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            out_ty, w_ty, x_ty = signature.args[:3]
+            out_ptr = _data(context, builder, out_ty, args[0])
+            w_ptr = _data(context, builder, w_ty, args[1])
+            x_ptr = _data(context, builder, x_ty, args[2])
+            w_first, w_row_step, w_k_step, row, col = args[3:]
+            K = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, args[2]).shape, 2)[0]
+            x_row_step = _row_step(context, builder, x_ty, args[2])
+            out_row_step = _row_step(context, builder, out_ty, args[0])
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{lanes}f32"
+            )
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            undefined = ir.Constant(vec, ir.Undefined)
+
+            def vector_at(row_ptr, v):
+                return builder.bitcast(builder.gep(row_ptr, [_index(lanes * v)]), vec.as_pointer())
+
+            out_col = builder.gep(out_ptr, [col])
+            row_offsets = [builder.mul(builder.add(row, _index(i)), out_row_step) for i in range(rows)]
+            out_rows = [builder.gep(out_col, [offset]) for offset in row_offsets]
+            start = ir.Constant(vec, [0.0] * lanes)
+            acc = [
+                [
+                    cgutils.alloca_once_value(
+                        builder, builder.load(vector_at(out_rows[i], v), align=4) if accumulate else start
+                    )
+                    for v in range(vectors)
+                ]
+                for i in range(rows)
+            ]
+            w_first_row = builder.gep(w_ptr, [w_first])
+            w_rows = [builder.gep(w_first_row, [builder.mul(_index(i), w_row_step)]) for i in range(rows)]
+            x_col = builder.gep(x_ptr, [col])
+
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                x_row = builder.gep(x_col, [builder.mul(k, x_row_step)])
+                xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
+                w_k = builder.mul(k, w_k_step)
+                for i in range(rows):
+                    w = builder.load(builder.gep(w_rows[i], [w_k]))
+                    ws = builder.shuffle_vector(
+                        builder.insert_element(undefined, w, ir.Constant(ir.IntType(32), 0)), undefined, splat
+                    )
+                    for v in range(vectors):
+                        builder.store(builder.call(fma, [ws, xs[v], builder.load(acc[i][v])]), acc[i][v])
+            for i in range(rows):
+                for v in range(vectors):
+                    builder.store(builder.load(acc[i][v]), vector_at(out_rows[i], v), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _tiles_across(g, rows, accumulate):
+    """A row of tiles `rows` high for every column of the output: blocks of g.vectors vectors,
+    then one narrower tile for the vectors left (N a multiple of g.lanes); the tiles fixed when
+    compiled. numba picks no intrinsic by a run-time number, hence one branch per width."""
+    lanes, width = g.lanes, g.vectors * g.lanes
+    wide = _make_tile(rows, g.vectors, lanes, accumulate)
+    narrow_1 = _make_tile(rows, 1, lanes, accumulate)
+    narrow_2 = _make_tile(rows, 2, lanes, accumulate) if g.vectors > 2 else narrow_1
+    assert g.vectors <= 3, "one branch per narrower width: add one for wider tiles"
+
+    @njit(inline="always")
+    def row_of_tiles(out, w, x, w_first, w_row_step, w_k_step, row):
+        N = out.shape[1]
+        col = 0
+        while col + width <= N:
+            wide(out, w, x, w_first, w_row_step, w_k_step, row, col)
+            col += width
+        left = (N - col) // lanes
+        if left == 2 and width > 2 * lanes:
+            narrow_2(out, w, x, w_first, w_row_step, w_k_step, row, col)
+        elif left >= 1:
+            narrow_1(out, w, x, w_first, w_row_step, w_k_step, row, col)
+
+    return row_of_tiles
+
+
+def _float32(array_type):
+    return isinstance(array_type.dtype, types.Float) and array_type.dtype.bitwidth == 32
+
+
+def tile_count(geometry: Geometry, M: int) -> tuple[int, int]:
+    """(full, tails): M rows as `full` tiles of geometry.rows then `tails` of tail_rows, the
+    fewest tails that add up; M must be a multiple of tail_rows (see fits)."""
+    R, T = geometry.rows, geometry.tail_rows
+    tails = 0
+    while (M - tails * T) % R != 0:
+        tails += 1
+    return (M - tails * T) // R, tails
+
+
+def fits(geometry: Geometry, M: int, N: int) -> bool:
+    """Whether an (M, N) output comes in whole tiles: M rows in whole tiles (of rows and
+    tail_rows) and N columns in whole vectors."""
+    return M > 0 and M % geometry.tail_rows == 0 and N > 0 and N % geometry.lanes == 0
+
+
+def build(g: Geometry) -> SimpleNamespace:
+    """The tiled products for geometry g, as functions for numba kernels (see below). The
+    package builds them once for the compile target (charlstm.kernels.tiles.product, ...);
+    tests build the others to check every geometry on any machine."""
+    R, T = g.rows, g.tail_rows
+    row_of_tiles = _tiles_across(g, R, False)
+    row_of_tail_tiles = _tiles_across(g, T, False)
+    row_of_added_tiles = _tiles_across(g, R, True)
+    row_of_added_tail_tiles = _tiles_across(g, T, True)
+
+    @njit(inline="always")
+    def plan(M):
+        """(full, tails) of tile_count: the tiles M rows come in."""
+        tails = 0
+        while (M - tails * T) % R != 0:
+            tails += 1
+        return (M - tails * T) // R, tails
+
+    @njit(inline="always")
+    def first_row(p, full):
+        """The first row of tile p: full tiles of R rows, then tails of T."""
+        return p * R if p < full else full * R + (p - full) * T
+
+    def product(out, W_packed, x):
+        """out (M, N) = W (M, K) · x (K, N) from W packed (P, K, R) in the tiles of plan(M)
+        (layouts.pack_*); N a multiple of lanes, rows contiguous (out and x may be column
+        slices of bigger arrays), W_packed's last axis contiguous. Kernels only: float32 runs
+        the register tiles; other precisions a plain loop with the same meaning."""
+        raise NotImplementedError("tiled products run inside numba kernels only")
+
+    def add_product(out, W, x):
+        """out (M, N) += W (M, K) · x (K, N), W read in place (contiguous rows, M in whole
+        tiles): for short K, where W's rows of a tile stay in cache. N a multiple of lanes,
+        rows contiguous. Kernels only, like product."""
+        raise NotImplementedError("tiled products run inside numba kernels only")
+
+    @overload(product)
+    def _product_overload(out, W_packed, x):
+        if _float32(out):
+
+            def tiled(out, W_packed, x):
+                tile_step = W_packed.strides[0] // W_packed.itemsize
+                k_step = W_packed.strides[1] // W_packed.itemsize
+                full, tails = plan(out.shape[0])
+                for p in range(full):
+                    row_of_tiles(out, W_packed, x, p * tile_step, 1, k_step, p * R)
+                for p in range(full, full + tails):
+                    row_of_tail_tiles(out, W_packed, x, p * tile_step, 1, k_step, first_row(p, full))
+
+            return tiled
+
+        def plain(out, W_packed, x):
+            full, tails = plan(out.shape[0])
+            out[:] = 0.0
+            for p in range(full + tails):
+                start = first_row(p, full)
+                height = R if p < full else T
+                for i in range(height):
+                    row = out[start + i]
+                    for k in range(W_packed.shape[1]):
+                        w = W_packed[p, k, i]
+                        for c in range(out.shape[1]):
+                            row[c] += w * x[k, c]
+
+        return plain
+
+    @overload(add_product)
+    def _add_product_overload(out, W, x):
+        if _float32(out):
+
+            def tiled(out, W, x):
+                row_step = W.strides[0] // W.itemsize
+                full, tails = plan(W.shape[0])
+                for p in range(full):
+                    row_of_added_tiles(out, W, x, p * R * row_step, row_step, 1, p * R)
+                for p in range(full, full + tails):
+                    first = first_row(p, full)
+                    row_of_added_tail_tiles(out, W, x, first * row_step, row_step, 1, first)
+
+            return tiled
+
+        def plain(out, W, x):
+            for m in range(W.shape[0]):
+                row = out[m]
+                for k in range(W.shape[1]):
+                    w = W[m, k]
+                    for c in range(out.shape[1]):
+                        row[c] += w * x[k, c]
+
+        return plain
+
+    return SimpleNamespace(
+        geometry=g, plan=plan, first_row=first_row, product=product, add_product=add_product
+    )
+
+
+_TARGET = build(GEOMETRY)
+ROWS, TAIL_ROWS, LANES = GEOMETRY.rows, GEOMETRY.tail_rows, GEOMETRY.lanes
+plan = _TARGET.plan
+first_row = _TARGET.first_row
+product = _TARGET.product
+add_product = _TARGET.add_product

@@ -1,0 +1,242 @@
+"""Tests for the register tiles (charlstm.kernels.tiles) on every geometry, whatever the host.
+
+Each ISA's geometry is built here as numba code for this machine (tiles.build): the AVX2 and
+NEON shapes run as 8- and 4-wide vectors on an AVX-512 host, the same IR an AVX2 or ARM build
+would be given. Their products are checked against float64 products of a packing written out
+here from the layout's definition, with tails of rows, narrower tiles of columns, strided
+weights and column slices. The compile target's own build is checked through the kernels that
+pack for it (kernels.pack_*, tiled_matmul). Then the training tests run once more in a
+subprocess compiled for an AVX2 CPU (NUMBA_CPU_NAME=haswell), and the band kernels with the
+NEON and AVX2 geometries forced.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from test_engine import numba_threads
+
+from charlstm import kernels
+from charlstm.kernels import tiles
+
+ISAS = sorted(tiles.GEOMETRIES)
+
+
+def test_each_tile_fits_its_register_file():
+    """Accumulators, the row of x and the broadcast weight in registers: no spills by design."""
+    for g in tiles.GEOMETRIES.values():
+        assert g.registers_used <= g.registers, g.isa
+        assert g.tail_rows <= g.rows, g.isa
+
+
+def test_the_compile_target_is_read_as_numba_compiles():
+    """The host's ISA from its features; a CPU named with no features (numba's "CPU defaults")
+    from what LLVM makes of the name; a generic x86 target has no FMA, so no tiles."""
+    import llvmlite.binding as ll
+
+    if "x86" not in ll.get_process_triple():
+        pytest.skip("x86 CPU names")
+    assert tiles.isa_of("haswell", "") == "avx2"
+    assert tiles.isa_of("znver3", "") == "avx2"
+    assert tiles.isa_of("skylake-avx512", "") == "avx512"
+    assert tiles.isa_of("sandybridge", "") == "none"  # AVX without FMA
+    assert tiles.isa_of("generic", "") == "none"
+    assert tiles.isa_of("znver4", "-avx512f") == "avx2"  # features win over the name
+    if not {"NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "CHARLSTM_TILES"} & set(os.environ):
+        host = tiles.isa_of(ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten())
+        assert tiles.GEOMETRY.isa == host
+
+
+def test_the_plan_covers_every_row_once():
+    for g in tiles.GEOMETRIES.values():
+        for M in range(g.tail_rows, 200, g.tail_rows):
+            full, tails = tiles.tile_count(g, M)
+            assert full * g.rows + tails * g.tail_rows == M
+            assert tails < g.rows, (g.isa, M)  # the fewest: rows tails of T would be T full tiles
+            assert tiles.fits(g, M, g.lanes)
+        assert not tiles.fits(g, g.tail_rows + 1, g.lanes) or g.tail_rows == 1
+        assert not tiles.fits(g, g.tail_rows, g.lanes + 1) or g.lanes == 1
+
+
+def packed_reference(W, g):
+    """W (M, K) packed as the layout says: tile p holds rows first(p) .. first(p) + height - 1,
+    W_packed[p, k, i] = W[first(p) + i, k]; the tails' unused slots are zero."""
+    M, K = W.shape
+    full, tails = tiles.tile_count(g, M)
+    out = np.zeros((full + tails, K, g.rows), dtype=W.dtype)
+    for p in range(full + tails):
+        first = p * g.rows if p < full else full * g.rows + (p - full) * g.tail_rows
+        height = g.rows if p < full else g.tail_rows
+        out[p, :, :height] = W[first : first + height].T
+    return out
+
+
+@functools.cache
+def products_of(isa):
+    """njit callers of geometry isa's product and add_product."""
+    built = tiles.build(tiles.GEOMETRIES[isa])
+    product, add_product = built.product, built.add_product
+
+    @numba.njit
+    def run_product(out, W_packed, x):
+        product(out, W_packed, x)
+
+    @numba.njit
+    def run_add_product(out, W, x):
+        add_product(out, W, x)
+
+    return run_product, run_add_product
+
+
+def within(out, expected, scale, rtol):
+    """|out - expected| <= rtol * scale elementwise (scale: the product of the magnitudes)."""
+    return bool(np.all(np.abs(out - expected) <= rtol * scale))
+
+
+def shapes(g):
+    """(M, N): rows with and without tails; columns of whole tiles, with narrower tiles after."""
+    rows = sorted({g.rows, 2 * g.rows + g.tail_rows, 5 * g.tail_rows, 8 * g.tail_rows})
+    columns = sorted({g.lanes, g.vectors * g.lanes, 16, 32, 48})
+    return [(M, N) for M in rows for N in columns if N % g.lanes == 0]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)], ids=["tiles", "loop"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_geometry_multiplies_like_the_formula(isa, dtype, rtol):
+    """tiles.product from the documented packing: float32 on the register tiles, float64 on the
+    plain loop of the same meaning; out and x column slices of wider arrays."""
+    g = tiles.GEOMETRIES[isa]
+    run_product, _ = products_of(isa)
+    rng = np.random.default_rng(len(isa))
+    for M, N in shapes(g):
+        K = 37
+        W = rng.normal(size=(M, K)).astype(dtype)
+        x_wide = rng.normal(size=(K, N + 8)).astype(dtype)
+        out_wide = np.full((M, N + 8), np.nan, dtype=dtype)
+        run_product(out_wide[:, 4 : 4 + N], packed_reference(W, g), x_wide[:, 4 : 4 + N])
+        W64, x64 = W.astype(np.float64), x_wide[:, 4 : 4 + N].astype(np.float64)
+        assert within(out_wide[:, 4 : 4 + N], W64 @ x64, np.abs(W64) @ np.abs(x64), rtol), (M, N)
+        assert np.all(np.isnan(out_wide[:, :4])) and np.all(np.isnan(out_wide[:, 4 + N :])), (M, N)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)], ids=["tiles", "loop"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_geometry_adds_a_product_of_weights_read_in_place(isa, dtype, rtol):
+    """tiles.add_product: out += W · x with W every other row of a bigger array (as the
+    backward reads a band's gate rows of a step's dz) and out, x column slices."""
+    g = tiles.GEOMETRIES[isa]
+    _, run_add_product = products_of(isa)
+    rng = np.random.default_rng(3)
+    for M, N in shapes(g):
+        K = 24
+        W = rng.normal(size=(2 * M, K)).astype(dtype)[::2]
+        x = rng.normal(size=(K, N + g.lanes)).astype(dtype)[:, g.lanes :]
+        start = rng.normal(size=(M, N + g.lanes)).astype(dtype)
+        out = start.copy()
+        run_add_product(out[:, :N], W, x)
+        W64, x64 = W.astype(np.float64), x.astype(np.float64)
+        scale = np.abs(start[:, :N]) + np.abs(W64) @ np.abs(x64)
+        assert within(out[:, :N], start[:, :N] + W64 @ x64, scale, rtol), (M, N)
+        assert np.array_equal(out[:, N:], start[:, N:]), (M, N)  # nothing written past the slice
+
+
+def test_the_targets_packing_is_the_documented_layout():
+    """kernels.pack_rows, pack_bands and pack_into_bands give packed_reference's layout for the
+    compile target's geometry, of W's rows, of each band's rows, of each band's gate rows."""
+    g = tiles.GEOMETRY
+    rng = np.random.default_rng(5)
+    H, U = 8 * g.tail_rows, 2
+    Hu = H // U
+    W = rng.normal(size=(H, 4 * H)).astype(np.float32)  # an Wh (H, 4H)
+    P = sum(tiles.tile_count(g, H))
+    out = np.full((P, 4 * H, g.rows), np.nan, np.float32)
+    kernels.pack_rows(out, W, H, 2)
+    assert np.array_equal(out, packed_reference(W, g))
+    bands = np.full((U, sum(tiles.tile_count(g, Hu)), 4 * H, g.rows), np.nan, np.float32)
+    kernels.pack_bands(bands, W)
+    for u in range(U):
+        assert np.array_equal(bands[u], packed_reference(W[u * Hu : (u + 1) * Hu], g)), u
+    gates = np.full((U, sum(tiles.tile_count(g, 4 * Hu)), H, g.rows), np.nan, np.float32)
+    kernels.pack_into_bands(gates, W)
+    for u in range(U):
+        stacked = np.concatenate([W[:, q * H + u * Hu : q * H + (u + 1) * Hu].T for q in range(4)])
+        assert np.array_equal(gates[u], packed_reference(stacked, g)), u
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
+    """kernels.tiled_matmul on the target's tiles: W's 13 rows padded with zeros to whole tiles
+    (pack_rows), 48 columns cut into bands of whole vectors (tiles on column slices)."""
+    rng = np.random.default_rng(threads)
+    R = tiles.ROWS
+    M, K, N = 13, 40, 48
+    W = rng.normal(size=(K, M)).astype(np.float32).T  # a transposed view, as head.W.T
+    x = rng.normal(size=(K, N)).astype(np.float32)
+    P = -(-M // R)
+    W_packed = np.full((P, K, R), np.nan, dtype=np.float32)
+    kernels.pack_rows(W_packed, W, P * R, threads)
+    assert np.all(W_packed[-1, :, M - (P - 1) * R :] == 0.0)  # the padding rows
+    out = np.full((P * R, N), np.nan, dtype=np.float32)
+    with numba_threads(threads):
+        kernels.tiled_matmul(out, W_packed, x, threads)
+    W64, x64 = W.astype(np.float64), x.astype(np.float64)
+    assert within(out[:M], W64 @ x64, np.abs(W64) @ np.abs(x64), 1e-5)
+    assert np.all(out[M:] == 0.0)
+
+
+def run_tests_in_subprocess(tmp_path, env, *pytest_args):
+    """pytest on tests/ in a fresh interpreter with `env` added and numba's cache in tmp_path
+    (a geometry forced by CHARLSTM_TILES is unknown to numba's own cache keys)."""
+    environment = {**os.environ, **env, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    tests = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=tests, env=environment, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+TRAINING_TESTS = (
+    "test_engine.py::test_float32_training_on_register_tiles_matches_the_reference",
+    "test_engine.py::test_bands_on_one_thread_or_two_give_the_same_bits",
+    "test_engine.py::test_three_windows_equal_one_long_window",
+    "test_engine.py::test_gradients_match_finite_differences",
+    "test_engine.py::test_units_in_bands_train_like_the_reference",
+    "test_tiles.py::test_the_targets_packing_is_the_documented_layout",
+    "test_tiles.py::test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands",
+    "test_torch_parity.py",
+)
+
+
+@pytest.mark.slow
+def test_training_compiled_for_avx2(tmp_path):
+    """Training's float32 tests on the tiles, the gradient checks and PyTorch parity, built for
+    an AVX2 CPU: NUMBA_CPU_NAME alone would keep the host's features (AVX-512 here), so the
+    features are emptied to the CPU's own, as numba documents for a named CPU."""
+    env = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "CHARLSTM_EXPECT_ISA": "avx2"}
+    out = run_tests_in_subprocess(tmp_path, env, *TRAINING_TESTS, "test_tiles.py::test_the_expected_isa")
+    assert " passed" in out and " failed" not in out, out[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["neon", "avx2"])
+def test_band_kernels_on_a_forced_geometry(tmp_path, isa):
+    """The training kernels (both band paths, the head, dWh in the steps) with another ISA's
+    tile shape forced on this machine: NEON's 8 x 12 as 4-wide vectors, AVX2's 6 x 16 with its
+    tails on an AVX-512 host."""
+    env = {"CHARLSTM_TILES": isa, "CHARLSTM_EXPECT_ISA": isa}
+    out = run_tests_in_subprocess(tmp_path, env, *TRAINING_TESTS[:3], "test_tiles.py::test_the_expected_isa")
+    assert " passed" in out and " failed" not in out, out[-2000:]
+
+
+def test_the_expected_isa():
+    """In the subprocesses above: the build really has the geometry asked for."""
+    expected = os.environ.get("CHARLSTM_EXPECT_ISA")
+    if expected is None:
+        pytest.skip("run by the subprocess tests")
+    assert tiles.GEOMETRY.isa == expected
