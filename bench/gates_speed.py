@@ -2,6 +2,7 @@
 gate statistics, and unit ranking, for a few model sizes and core counts.
 
     python bench/gates_speed.py [--sizes 1x128,2x256,2x512] [--chars 20000] [--cores 1,2] [--repeats 3]
+                                [--isa native,avx2]
 
 Columns: `model.forward` is the evaluation forward pass over the text in windows (one BLAS
 product per step and layer), for comparison; `stream` is stream.run_stream, what inspection
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import isa as isa_env
 import numpy as np
 
 V, E = 65, 64
@@ -75,10 +77,10 @@ def measure(layers: int, hidden: int, chars: int, repeats: int) -> dict[str, flo
     return best
 
 
-def in_subprocess(layers: int, hidden: int, chars: int, cores: int, repeats: int) -> dict[str, float]:
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(cores)
+def in_subprocess(
+    layers: int, hidden: int, chars: int, cores: int, repeats: int, isa: str
+) -> dict[str, float]:
+    env = isa_env.environment(isa, cores)
     cmd = [sys.executable, __file__, "--child", f"{layers}:{hidden}:{chars}:{repeats}:{cores}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=20_000)
     parser.add_argument("--cores", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -101,6 +104,7 @@ def main() -> None:
         return
 
     columns = [
+        "isa",
         "L x H",
         "cores",
         "chars",
@@ -113,14 +117,17 @@ def main() -> None:
         "chars/s",
     ]
     print("  ".join(f"{c:>13}" for c in columns))
-    for size in args.sizes.split(","):
-        layers, hidden = (int(x) for x in size.split("x"))
-        for cores in (int(t) for t in args.cores.split(",")):
-            r = in_subprocess(layers, hidden, args.chars, cores, args.repeats)
-            cells = [size, str(cores), f"{args.chars:,}"]
-            cells += [f"{r[k]:.2f} s" for k in ("model.forward", "stream", "trace", "rank", "total", "cpu")]
-            cells.append(f"{args.chars / r['total']:,.0f}")
-            print("  ".join(f"{c:>13}" for c in cells), flush=True)
+    for isa in args.isa.split(","):
+        for size in args.sizes.split(","):
+            layers, hidden = (int(x) for x in size.split("x"))
+            for cores in (int(t) for t in args.cores.split(",")):
+                r = in_subprocess(layers, hidden, args.chars, cores, args.repeats, isa)
+                cells = [isa, size, str(cores), f"{args.chars:,}"]
+                cells += [
+                    f"{r[k]:.2f} s" for k in ("model.forward", "stream", "trace", "rank", "total", "cpu")
+                ]
+                cells.append(f"{args.chars / r['total']:,.0f}")
+                print("  ".join(f"{c:>13}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Characters per second generating text at batch 1: charlstm against a plain NumPy step loop
 and PyTorch (`nn.LSTM` called once per character, and a hand-written step), side by side.
 
-    python bench/sample_speed.py [--sizes 2x256,2x512] [--threads 1,2] [--repeats 3]
+    python bench/sample_speed.py [--sizes 2x256,2x512] [--threads 1,2] [--repeats 3] [--isa native,avx2]
 
 Random-init models with V=65, E=64, float32; each measurement generates 2,000 characters after
 a 100-character seed at temperature 0.8, in its own subprocess with the thread count fixed
@@ -9,6 +9,7 @@ through the environment (charlstm: `threads=N`, its units split over N threads; 
 PyTorch: N BLAS/intra-op threads), implementations alternating so that a noisy neighbour hurts
 all alike.
 PyTorch columns are blank when torch is not installed; "torch" is the faster of its two ways.
+GB/s is charlstm's rate times the weights it reads per character. --isa as in train_speed.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import isa as isa_env
 import numpy as np
 
 V, E = 65, 64
@@ -134,12 +136,16 @@ def time_torch(layers: int, hidden: int, threads: int, way: str) -> float:
     return LENGTH / (time.perf_counter() - start)
 
 
-def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int) -> float | None:
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
+def weight_bytes(layers: int, hidden: int) -> int:
+    """Bytes of weights the sampler reads per character: [Wx; Wh] of each layer (layer 0's
+    input term is a table row), and the head."""
+    H = hidden
+    return 4 * (H * 4 * H + (layers - 1) * 2 * H * 4 * H + H * V)
+
+
+def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int, isa: str) -> float | None:
     cmd = [sys.executable, __file__, "--child", f"{impl}:{layers}:{hidden}:{threads}"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=isa_env.environment(isa, threads), capture_output=True, text=True)
     if result.returncode != 0:
         if impl.startswith("torch") and "No module named 'torch'" in result.stderr:
             return None
@@ -164,6 +170,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="2x256,2x512")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -173,25 +180,39 @@ def main() -> None:
     sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
     thread_counts = [int(n) for n in args.threads.split(",")]
     print(f"generating {LENGTH} characters at batch 1, V={V} E={E}, float32; best of {args.repeats}")
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    header = ["L x H", "threads", "charlstm", "numpy", "nn.LSTM", "torch step", "x numpy", "x torch"]
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {isa_env.cpu_model()}")
+    header = [
+        "isa",
+        "L x H",
+        "threads",
+        "charlstm",
+        "GB/s",
+        "numpy",
+        "nn.LSTM",
+        "torch step",
+        "x numpy",
+        "x torch",
+    ]
     print(" ".join(f"{h:>10}" for h in header))
-    for layers, hidden in sizes:
-        for threads in thread_counts:
-            best: dict[str, float | None] = {impl: 0.0 for impl in IMPLS}
-            for _ in range(args.repeats):  # alternate so all see the same machine
-                for impl in IMPLS:
-                    if best[impl] is None:
-                        continue
-                    rate = measure_in_subprocess(impl, layers, hidden, threads)
-                    best[impl] = None if rate is None else max(best[impl], rate)
-            ours, numpy_rate = best["charlstm"], best["numpy"]
-            torch_rates = [r for r in (best["torch-lstm"], best["torch-step"]) if r]
-            torch_best = max(torch_rates) if torch_rates else None
-            cells = [f"{layers}x{hidden}", str(threads), f"{ours:.0f}", f"{numpy_rate:.0f}"]
-            cells += [f"{best[i]:.0f}" if best[i] else "-" for i in ("torch-lstm", "torch-step")]
-            cells += [f"{ours / numpy_rate:.2f}", f"{ours / torch_best:.2f}" if torch_best else "-"]
-            print(" ".join(f"{cell:>10}" for cell in cells), flush=True)
+    for isa in args.isa.split(","):
+        for layers, hidden in sizes:
+            for threads in thread_counts:
+                best: dict[str, float | None] = {impl: 0.0 for impl in IMPLS}
+                for _ in range(args.repeats):  # alternate so all see the same machine
+                    for impl in IMPLS:
+                        if best[impl] is None:
+                            continue
+                        rate = measure_in_subprocess(impl, layers, hidden, threads, isa)
+                        best[impl] = None if rate is None else max(best[impl], rate)
+                ours, numpy_rate = best["charlstm"], best["numpy"]
+                torch_rates = [r for r in (best["torch-lstm"], best["torch-step"]) if r]
+                torch_best = max(torch_rates) if torch_rates else None
+                bandwidth = ours * weight_bytes(layers, hidden) / 1e9  # the weights read, GB/s
+                cells = [isa, f"{layers}x{hidden}", str(threads), f"{ours:.0f}", f"{bandwidth:.1f}"]
+                cells += [f"{numpy_rate:.0f}"]
+                cells += [f"{best[i]:.0f}" if best[i] else "-" for i in ("torch-lstm", "torch-step")]
+                cells += [f"{ours / numpy_rate:.2f}", f"{ours / torch_best:.2f}" if torch_best else "-"]
+                print(" ".join(f"{cell:>10}" for cell in cells), flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

@@ -288,24 +288,28 @@ TILED = {  # bands of 8 or 16 units: on AVX2's 6-row tiles, with tails
 }
 
 
+@pytest.mark.parametrize("products", ["served", "all"])
 @pytest.mark.parametrize("config", TILED.values(), ids=TILED.keys())
 @pytest.mark.parametrize("bands", [1, 2])
-def test_float32_training_on_register_tiles_matches_the_reference(bands, config):
+def test_float32_training_on_register_tiles_matches_the_reference(bands, config, products, monkeypatch):
     """float32, whole tiles of units and streams: the recurrent products of both passes run
-    on the register tiles (kernels.step_product), so do the head's (kernels.tiled_matmul,
-    V = 7 rows padded to 8) and dWh's (in the backward's steps), and loss and gradients
-    still match the float64 reference to float32 precision, with dropout too."""
+    on the register tiles (kernels.step_product); with "all", so do the products the build
+    leaves to BLAS where the tiles measured no faster: the head's (kernels.tiled_matmul, V = 7
+    rows padded to whole tiles) and dWh's (in the backward's steps). Loss and gradients still
+    match the float64 reference to float32 precision, with dropout too."""
+    served = tiles.GEOMETRY
+    if products == "all":
+        monkeypatch.setattr(tiles, "GEOMETRY", dataclasses.replace(served, products=tiles.ALL_PRODUCTS))
     T, B = 5, 16
     params, inputs, targets, h0, c0 = make_case(config, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
     tb = ws._train
     geometry = tiles.GEOMETRY
-    assert tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[1] > 0
-    if geometry.serves(tiles.HEAD):  # V = 7 padded to whole tiles
-        assert tb.head_packed.shape[0] * tiles.ROWS == -(-7 // tiles.ROWS) * tiles.ROWS
-        assert tb.head_rows_packed.shape[0] > 0
-    if geometry.serves(tiles.STEP_GRADIENT):
-        assert tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the steps
+    assert (tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[1] > 0) == geometry.serves(tiles.STEP)
+    head_tiled = tb.head_packed.shape[0] * tiles.ROWS == -(-7 // tiles.ROWS) * tiles.ROWS  # V = 7, padded
+    assert (head_tiled and tb.head_rows_packed.shape[0] > 0) == geometry.serves(tiles.HEAD)
+    in_steps = tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the backward's steps
+    assert in_steps == geometry.serves(tiles.STEP_GRADIENT)
     masks = reference_masks(ws)
     assert (masks is not None) == (config.dropout > 0)
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)

@@ -70,18 +70,27 @@ class Geometry:
         return product in self.products
 
 
-# Which products run on tiles, per ISA, and why (full training steps, tiles against BLAS in one
-# process, alternating; bench/train_speed.py prints the products' GFLOP/s):
-# - avx512: all three (README: the step 1.26-1.50x PyTorch with them; the head 95-100 GFLOP/s
-#   against BLAS's 70-87; dWh in the steps 3% faster at 1x128).
-# - avx2: all three; measured on a Zen 5 host compiled for znver3 (see the README table).
-# - neon: the step products only, for the reason they win on x86 (BLAS repacks W every call):
-#   not measured, as no ARM machine was at hand; the head and dWh stay on BLAS until they are.
+# Which products run on tiles, per ISA, and why. Measured with bench/tile_choice.py: a full
+# training step with a product on BLAS over the same step with it on the tiles, median of 25
+# alternating pairs, on an AMD EPYC Zen 5 host (AVX-512, and built for znver3 as AVX2) with
+# OpenBLAS's own kernels for each (SkylakeX; Haswell), 1x128, 2x256 and 2x512, one and two
+# threads (2026-12-02):
+# - STEP pays everywhere: 1.089-1.118 on AVX-512, 1.049-1.096 on AVX2 (BLAS repacks Wh on every
+#   call; a tile streams it once per step, packed once per window).
+# - HEAD does not: 0.968-1.007 on AVX-512, 0.959-1.004 on AVX2. OpenBLAS's own kernels run the
+#   head's window-wide products as fast as the tiles (the gain measured earlier on a Zen 4 was
+#   against OpenBLAS held to its Haswell kernels).
+# - STEP_GRADIENT does not: 0.959-0.994 on AVX-512, 0.987-1.013 on AVX2 where it applies
+#   (model.STEP_GRADIENT_BYTES); one BLAS product over the window does as well.
+# So every ISA runs the step on tiles and the rest on BLAS; the head and dWh tiles stay built
+# and tested, for a CPU where tile_choice.py shows they pay.
+# - neon: the step, for the same reason as on x86; not measured, as no ARM machine was at hand.
 # - none: a target without FMA (or vectors) has nothing the tiles do better.
+_STEP_ONLY = frozenset({STEP})
 GEOMETRIES = {
-    "avx512": Geometry("avx512", 16, 32, rows=8, vectors=2, tail_rows=8, products=ALL_PRODUCTS),
-    "avx2": Geometry("avx2", 8, 16, rows=6, vectors=2, tail_rows=4, products=ALL_PRODUCTS),
-    "neon": Geometry("neon", 4, 32, rows=8, vectors=3, tail_rows=8, products=frozenset({STEP})),
+    "avx512": Geometry("avx512", 16, 32, rows=8, vectors=2, tail_rows=8, products=_STEP_ONLY),
+    "avx2": Geometry("avx2", 8, 16, rows=6, vectors=2, tail_rows=4, products=_STEP_ONLY),
+    "neon": Geometry("neon", 4, 32, rows=8, vectors=3, tail_rows=8, products=_STEP_ONLY),
     "none": Geometry("none", 4, 16, rows=4, vectors=1, tail_rows=4, products=frozenset()),
 }
 
