@@ -16,7 +16,7 @@ import numpy as np
 from . import kernels
 from .data import Vocab, encode_known, val_batches
 from .errors import CorpusError
-from .model import Params, Workspace, forward, zero_state
+from .model import Params, Workspace, forward, training_forward, zero_state
 
 ProgressFn = Callable[[int, int], None]  # (characters done, characters in all)
 
@@ -35,10 +35,12 @@ LN2 = math.log(2.0)
 
 
 class _Scorer:
-    """Runs the model without dropout over consecutive windows, carrying its state."""
+    """Runs the model without dropout over consecutive windows, carrying its state; windows
+    of a training Workspace's shape on the training kernels in its buffers."""
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Params, training: Workspace | None = None) -> None:
         self.params = params
+        self.training = training
         self.h: np.ndarray | None = None  # (L, B, H), zero at the first window
         self.c: np.ndarray | None = None
         self._workspaces: dict[int, Workspace] = {}  # by T: the last window may be shorter
@@ -48,10 +50,14 @@ class _Scorer:
         T, B = inputs.shape
         if self.h is None or self.c is None:
             self.h, self.c = zero_state(self.params.config, B, self.params.dtype)
-        ws = self._workspaces.get(T)
-        if ws is None:
-            ws = self._workspaces[T] = Workspace(self.params.config, T, B, self.params.dtype)
-        logits = forward(self.params, inputs, self.h, self.c, ws)  # (T*B, V)
+        if self.training is not None and self.training.fits(T, B, self.params.dtype):
+            logits = training_forward(self.params, inputs, self.h, self.c, self.training)
+            logits = np.ascontiguousarray(logits)  # (T*B, V) from training's (V, T*B)
+        else:
+            ws = self._workspaces.get(T)
+            if ws is None:
+                ws = self._workspaces[T] = Workspace(self.params.config, T, B, self.params.dtype)
+            logits = forward(self.params, inputs, self.h, self.c, ws)
         out = np.empty(T * B, dtype=np.float64)
         kernels.token_log_probs(out, logits, np.ascontiguousarray(targets).reshape(T * B))
         return out
@@ -63,13 +69,19 @@ def validation_loss(
     *,
     batch: int = VAL_BATCH,
     seq_len: int = VAL_SEQ_LEN,
+    training: Workspace | None = None,
 ) -> float:
     """Mean loss (nats/char) over one full pass of `tokens` (N,), cut by `val_batches`.
 
-    Uses its own state and buffers, so a training run it interrupts is not disturbed.
+    Uses its own state, and its own buffers unless `training`, a training run's Workspace of
+    `batch` streams, is given: the windows then take its length and run on the training
+    kernels in its buffers, which the run rewrites at its next step (model.training_forward:
+    the same figure to float rounding, 2x faster). The run's own state is not touched.
     Returns nan when there is nothing to predict (fewer than 2 tokens).
     """
-    scorer = _Scorer(params)
+    if training is not None and training.batch == batch:
+        seq_len = training.steps
+    scorer = _Scorer(params, training)
     total, count = 0.0, 0
     for inputs, targets in val_batches(tokens, batch, seq_len):
         lp = scorer.log_probs(inputs, targets)

@@ -257,8 +257,12 @@ def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
     p = ws.config.dropout
     ws.dropout_on = dropout_rng is not None and p > 0.0
     if ws.dropout_on:
-        keep = dropout_rng.random(ws.masks_fm.shape, dtype=np.float32) >= p
-        np.multiply(keep, 1.0 / (1.0 - p), out=ws.masks_fm, dtype=ws.dtype, casting="unsafe")
+        # 16 random bits a unit: a drop where they fall below p in 65536ths (p rounded to the
+        # nearest 1/65536), the kept scaled by 1/(1-p). Drawn as bytes, 5x faster than floats:
+        # 0.9 against 2.5 ms a window at 2x256, 7% of a step on two threads.
+        threshold = min(round(p * 65536), 65535)
+        bits = np.frombuffer(dropout_rng.bytes(2 * ws.masks_fm.size), dtype=np.uint16)
+        kernels.dropout_masks(ws.masks_fm.reshape(-1), bits, threshold, 1.0 / (1.0 - p), ws.bands)
 
 
 def forward(
@@ -490,6 +494,19 @@ def loss_and_grad(
     with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
         return _train_backward(params, grads, targets, ws)
+
+
+def training_forward(
+    params: Params, inputs: np.ndarray, h: np.ndarray, c: np.ndarray, ws: Workspace
+) -> np.ndarray:
+    """`forward` without dropout on training's kernels and in its buffers (the units in bands
+    on numba's threads, the step products on the register tiles): the logits (T*B, V), a
+    view into ws, equal to forward's to float rounding. For validation during training, where
+    it runs 2x faster than forward's per-step BLAS calls; the buffers are training's work,
+    rewritten by its next step."""
+    with _one_pool_of_threads(ws.bands):
+        _train_forward(params, inputs, h, c, ws, None)
+    return ws.logits
 
 
 @contextlib.contextmanager

@@ -362,6 +362,7 @@ def _warm_up(config: ModelConfig) -> None:
     m, v = np.zeros_like(grads.flat), np.zeros_like(grads.flat)
     kernels.adam_step(params.flat, m, v, grads.flat, params.decay_mask(), 1, 1e-3, 0.9, 0.99, 1e-8, 0.0)
     validation_loss(params, np.zeros(8, dtype=np.uint8), batch=2, seq_len=2)
+    validation_loss(params, np.zeros(8, dtype=np.uint8), batch=2, training=ws)
 
 
 class _Run:
@@ -657,7 +658,7 @@ class _Run:
         # the last step's update is only seen by the next loss: check it before anything is saved
         if not np.isfinite(self.params.flat).all():
             self._diverged(p.step, "the weights hold NaN or infinite values")
-        val = validation_loss(self._weights(), self.val_tokens)
+        val = validation_loss(self._weights(), self.val_tokens, training=self.ws)
         seconds = time.perf_counter() - started
         has_val = len(self.val_tokens) >= 2
         if has_val and not math.isfinite(val):

@@ -18,7 +18,7 @@ from charlstm.cli import app
 from charlstm.data import Vocab, encode_known
 from charlstm.errors import CorpusError
 from charlstm.evaluate import evaluate_text, validation_loss
-from charlstm.model import ModelConfig, init_params
+from charlstm.model import ModelConfig, Workspace, init_params
 
 TEXT = "To be, or not to be, that is the question: Café 中文 😀\nWhether 'tis nobler in the mind.\n" * 4
 ENV = {"COLUMNS": "100"}
@@ -100,6 +100,28 @@ def test_one_stream_validation_equals_text_evaluation(model):
     several = validation_loss(params, tokens, batch=4, seq_len=16)
     assert math.isfinite(several)
     assert math.isnan(validation_loss(params, tokens[:1]))
+
+
+@pytest.mark.parametrize("hidden, batch", [(6, 4), (32, 16)], ids=["blas", "tiles"])
+def test_validation_on_the_training_kernels_equals_its_own_pass(hidden, batch):
+    """validation_loss(training=ws): the windows on the training kernels, in a training run's
+    buffers (2x6 on BLAS, 2x32 in two bands on the register tiles), give the figure of its
+    own inference pass to float32 rounding, from windows of the run's length; the last,
+    shorter window falls back to the inference pass."""
+    vocab = Vocab.from_text(TEXT)
+    config = ModelConfig(vocab_size=vocab.size, layers=2, hidden=hidden, embed=4, dropout=0.3)
+    params = init_params(config, np.random.default_rng(3), np.float32)
+    tokens = vocab.encode(TEXT * 3).astype(np.uint8)
+    training = Workspace(config, 5, batch, bands=2 if hidden == 32 else 1)
+    on_training = validation_loss(params, tokens, batch=batch, training=training)
+    own = validation_loss(params, tokens, batch=batch, seq_len=5)
+    assert on_training == pytest.approx(own, rel=1e-6, abs=0)
+    assert on_training != own or hidden == 6  # two different passes, not one twice
+    assert not training.dropout_on  # no dropout in validation, on any path
+    other_batch = Workspace(config, 5, batch + 1)  # not the validation's streams: its own pass
+    assert validation_loss(params, tokens, batch=batch, training=other_batch) == validation_loss(
+        params, tokens, batch=batch
+    )
 
 
 # --- the command

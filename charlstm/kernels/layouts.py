@@ -144,6 +144,16 @@ def gather_rows(out, table, tokens):
             out[n, k] = row[k]
 
 
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def dropout_masks(out, bits, threshold, scale, threads):
+    """out (N,) = scale where bits (N,) uint16 >= threshold, else 0: inverted dropout masks
+    from random bits (a drop with probability threshold / 65536), in `threads` bands."""
+    N = out.size
+    for part in prange(threads):
+        for n in range(part * N // threads, (part + 1) * N // threads):
+            out[n] = scale if bits[n] >= threshold else 0.0
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def apply_dropout(out, x, mask):
     """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout). Any layout:
