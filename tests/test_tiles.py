@@ -240,3 +240,39 @@ def test_the_expected_isa():
     if expected is None:
         pytest.skip("run by the subprocess tests")
     assert tiles.GEOMETRY.isa == expected
+
+
+def test_every_geometry_gives_the_same_bits():
+    """Each output sums its K products in order with one fused multiply-add each, whatever the
+    tile's shape: the geometries differ in speed only (the README's determinism across ISAs)."""
+    g = tiles.GEOMETRIES["avx2"]
+    rng = np.random.default_rng(11)
+    M, K, N = 56, 64, 48  # whole tiles of every geometry, with AVX2's tails (56 = 6 * 8 + 2 * 4)
+    W, x = rng.normal(size=(M, K)).astype(np.float32), rng.normal(size=(K, N)).astype(np.float32)
+    results = {}
+    for isa in ISAS:
+        out = np.empty((M, N), np.float32)
+        products_of(isa)[0](out, packed_reference(W, tiles.GEOMETRIES[isa]), x)
+        results[isa] = out
+    assert sum(tiles.tile_count(g, M)) > M // g.rows  # tails in play
+    for isa in ISAS:
+        assert np.array_equal(results[isa], results["avx512"]), isa
+
+
+@pytest.mark.slow
+def test_sampling_writes_the_same_text_when_built_for_avx2(tmp_path):
+    """The sampler sums in a fixed order with no fused multiply-adds and no BLAS: a random
+    seed gives the same text from the AVX-512 (or host) build and the AVX2 one."""
+    code = (
+        "import sys; from charlstm.sample import load_model; "
+        "[text] = load_model().generate('ROMEO:', 400, temperature=0.8, random_seed=3); "
+        "sys.stdout.write(text)"
+    )
+    texts = []
+    for env in ({}, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}):
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, **env},
+            capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        texts.append(done.stdout)
+    assert len(texts[0]) == 400 and texts[0] == texts[1]
