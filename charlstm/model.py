@@ -232,8 +232,8 @@ class _TrainBuffers:
         # measured 10% faster alone, but a full step at 2x256 5% slower on one thread). The head's
         # W: in tiles of rows for kernels.tiled_matmul when they serve (head.W.T, padded with
         # zero rows to whole tiles, for the logits; head.W for dh), else transposed for BLAS
-        # (whose backward reads head.W itself); BLAS runs these V-thin products at 70-87
-        # GFLOP/s, the tiles at 95-100.
+        # (whose backward reads head.W itself). Whether the tiles serve the head (and dWh in the
+        # steps) is the compile target's measured choice: tiles.GEOMETRIES.
         self.Wx_T = np.empty((4 * H, H), dtype=dtype)
         head_tiled = _tiles_serve(tiles.HEAD, H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
@@ -258,11 +258,12 @@ def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
     ws.dropout_on = dropout_rng is not None and p > 0.0
     if ws.dropout_on:
         # 16 random bits a unit: a drop where they fall below p in 65536ths (p rounded to the
-        # nearest 1/65536), the kept scaled by 1/(1-p). Drawn as bytes, 5x faster than floats:
-        # 0.9 against 2.5 ms a window at 2x256, 7% of a step on two threads.
+        # nearest 1/65536), the kept scaled by 1/(1-p); from one seed drawn per window, hashed
+        # by a parallel kernel: 0.2 ms a window at 2x256, where NumPy's floats took 2.5 ms, 7%
+        # of a step on two threads. The masks follow the generator's state, so resuming is exact.
         threshold = min(round(p * 65536), 65535)
-        bits = np.frombuffer(dropout_rng.bytes(2 * ws.masks_fm.size), dtype=np.uint16)
-        kernels.dropout_masks(ws.masks_fm.reshape(-1), bits, threshold, 1.0 / (1.0 - p), ws.bands)
+        seed = int(dropout_rng.integers(0, 1 << 63))
+        kernels.dropout_masks(ws.masks_fm.reshape(-1), seed, threshold, 1.0 / (1.0 - p), ws.bands)
 
 
 def forward(
@@ -434,10 +435,10 @@ STEP_GRADIENT_BYTES = 512 * 1024  # most of a thread's rows of dWh_T one core's 
 def _step_gradients_serve(H: int, bands: int, dtype: np.dtype) -> bool:
     """Whether lstm_train_backward should add up dWh step by step on the register tiles: they
     can (each band's gate rows in whole tiles, H in whole vectors), and each thread's rows of
-    dWh_T (4H/bands, H) stay in its cache from step to step. Measured on one core: the tiles
-    run at ~103 GFLOP/s on a step's dz while it is in cache, BLAS at ~87 on the window's, at
-    1x128 (3% of a training step); in a full step neutral at 256 units on one thread (1 MiB),
-    3-6% slower at 512 (4 MiB)."""
+    dWh_T (4H/bands, H) stay in its cache from step to step (in a full step on a Zen 4 against
+    OpenBLAS's Haswell kernels: 3% faster at 1x128, neutral at 256 units on one thread (1 MiB),
+    3-6% slower at 512 (4 MiB)), and the compile target's geometry serves it (tiles.GEOMETRIES:
+    against OpenBLAS's own kernels it does not pay)."""
     fits = 4 * (H // bands) * H * np.dtype(dtype).itemsize <= STEP_GRADIENT_BYTES
     return fits and _tiles_serve(tiles.STEP_GRADIENT, H // bands, H, dtype)
 

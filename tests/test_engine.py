@@ -553,3 +553,26 @@ def test_adam_weight_decay_only_where_masked():
     m, v = np.zeros(P), np.zeros(P)
     kernels.adam_step(theta, m, v, np.zeros(P), mask, 1, lr, 0.9, 0.999, 1e-8, wd)
     np.testing.assert_allclose(theta, np.where(mask == 1, start * (1 - lr * wd), start), rtol=1e-15, atol=0)
+
+
+def test_dropout_masks_kernel_draws_independent_units_at_the_rate_asked():
+    """kernels.dropout_masks: over a million units the drop rate is p to within 4 standard
+    errors, neighbours are uncorrelated, a seed gives the same masks on one thread or two and
+    for any length (the tail past whole hashes included), another seed other masks."""
+    N, p = 1 << 20, 0.3
+    threshold = round(p * 65536)
+    masks = np.empty(N, np.float32)
+    kernels.dropout_masks(masks, 99, threshold, 1.0 / (1.0 - p), 2)
+    assert set(np.unique(masks)) == {0.0, np.float32(1.0 / (1.0 - p))}
+    dropped = masks == 0
+    assert abs(dropped.mean() - threshold / 65536) < 4 * np.sqrt(p * (1 - p) / N)
+    for lag in (1, 2, 3, 4, 5):  # within one hash and across hashes
+        assert abs(np.corrcoef(dropped[:-lag], dropped[lag:])[0, 1]) < 4 / np.sqrt(N)
+    alone = np.empty(N, np.float32)
+    kernels.dropout_masks(alone, 99, threshold, 1.0 / (1.0 - p), 1)
+    assert np.array_equal(masks, alone)
+    short = np.full(4 * 7 + 3, np.nan, np.float32)
+    kernels.dropout_masks(short, 99, threshold, 1.0 / (1.0 - p), 2)
+    assert np.array_equal(short, masks[: short.size])
+    kernels.dropout_masks(alone, 100, threshold, 1.0 / (1.0 - p), 2)
+    assert np.mean(alone != masks) > 0.3

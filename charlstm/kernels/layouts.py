@@ -145,13 +145,39 @@ def gather_rows(out, table, tokens):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def dropout_masks(out, bits, threshold, scale, threads):
-    """out (N,) = scale where bits (N,) uint16 >= threshold, else 0: inverted dropout masks
-    from random bits (a drop with probability threshold / 65536), in `threads` bands."""
+def dropout_masks(out, seed, threshold, scale, threads):
+    """out (N,) inverted dropout masks: 0 with probability threshold / 65536, else scale, from
+    16 random bits a unit: four to each SplitMix64 hash of (seed, n // 4), a counter-based
+    generator whose outputs pass BigCrush, so that every thread draws its own part of one
+    window's masks and the masks depend on `seed` alone; in `threads` bands."""
     N = out.size
+    quads = N // 4
     for part in prange(threads):
-        for n in range(part * N // threads, (part + 1) * N // threads):
-            out[n] = scale if bits[n] >= threshold else 0.0
+        _mask_quads(out, seed, threshold, scale, part * quads // threads, (part + 1) * quads // threads)
+    if N % 4:  # the last few units from the next hash
+        tail = np.empty(4, dtype=out.dtype)
+        _mask_quads(tail, seed, threshold, scale, quads, quads + 1, -4 * quads)
+        out[4 * quads :] = tail[: N % 4]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _mask_quads(out, seed, threshold, scale, lo, hi, offset=0):
+    """out[4q + offset : 4q + offset + 4] for q in lo .. hi-1 from the hash of (seed, q)."""
+    zero, keep = out.dtype.type(0.0), out.dtype.type(scale)
+    bound = np.uint64(threshold)
+    for q in range(lo, hi):
+        bits = _splitmix64(np.uint64(seed) + np.uint64(q + 1) * np.uint64(0x9E3779B97F4A7C15))
+        for lane in range(4):
+            sixteen = (bits >> np.uint64(16 * lane)) & np.uint64(0xFFFF)
+            out[4 * q + offset + lane] = keep if sixteen >= bound else zero
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _splitmix64(z):
+    """SplitMix64's output function (Steele, Lea & Flood 2014) of a uint64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
