@@ -156,7 +156,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
         previous_step = step
         if best.exists():
             load_checkpoint(best)
-    assert kills_in_writes >= 1, f"only {kills_in_writes} kills landed inside a checkpoint write"  # timing-bound: 1-3 of 10 in full runs on 2026-12-02
+    assert kills_in_writes >= 1, f"only {kills_in_writes} kills landed inside a checkpoint write"
     assert previous_step > 0, "no kill came after the first checkpoint"
 
     # resume once more and stop it with Ctrl-C, which saves after the step it is in
