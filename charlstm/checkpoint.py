@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .model import ModelConfig, Params
 
 FORMAT = "charlstm/1"
+SHIPPED = "shipped"  # the name that stands for the model installed with charlstm
 TRAIN_PREFIX = "train."  # optimizer moments, step, RNG and data position of a resumable run
 
 # Bounds on what a config may claim, so a hostile file cannot make us allocate terabytes.
@@ -334,6 +335,16 @@ def _parse_config(path: Path, text: str) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # Which model a command uses when none is named
+
+
+def named_model_path(spec: Path | str) -> Path:
+    """The checkpoint a MODEL argument names: a path, or `shipped` for the installed model."""
+    if str(spec) == SHIPPED:
+        shipped = shipped_model_path()
+        if shipped is None:
+            raise CheckpointError("shipped: this installation has no shipped model")
+        return shipped
+    return Path(spec)
 
 
 def shipped_model_path() -> Path | None:

@@ -14,17 +14,18 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import kernels
+from . import finetune, kernels
 from .checkpoint import MAX_LAYERS, MAX_PARAMS, MAX_WIDTH, Checkpoint, load_checkpoint, save_checkpoint
-from .data import BatchStream, Vocab, load_corpus
+from .data import BatchStream, Corpus, Vocab, load_corpus, token_dtype, train_size
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .evaluate import validation_loss
+from .metrics import MetricsLog, metrics_path_for
 from .model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
 from .schedule import learning_rate
 
@@ -34,6 +35,10 @@ SMOOTHING = 0.98  # EMA factor of the displayed training loss (about the last 50
 # Options that may change when resuming; any other option given must equal the saved value.
 RESUMABLE = ("steps", "epochs", "minutes", "eval_every", "ema")
 BUDGETS = ("steps", "epochs", "minutes")
+# Defaults of a run started with --init-from, under the options given: measured with
+# `bench/quality.py --finetune` (see the README). The dropout defaults to the model's own.
+FINETUNE_DEFAULTS = {"lr": 2e-3, "warmup": 20, "eval_every": 50}
+MAX_RECORD = 2000  # validations kept in a checkpoint's record (the oldest are thinned out)
 # A loss this many times a uniform guess (ln V) means the weights blew up even while still
 # finite (without weight decay, Adam at lr=1e6 keeps the loss finite near 1e7 nats).
 DIVERGED_FACTOR = 10.0
@@ -199,6 +204,7 @@ class TrainResult:
     chars_per_s: float  # over the whole run's training steps
     out: Path | None  # best-validation weights (None if never written)
     last: Path | None  # full training state (None if never written)
+    metrics: Path | None  # the metrics log (charlstm.metrics)
     interrupted: bool
     batch_size: int  # as used (may be smaller than asked for a short text)
     seq_len: int
@@ -265,6 +271,7 @@ def train(
     *,
     out: Path | str | None = None,
     resume: Path | str | None = None,
+    init_from: Path | str | None = None,
     hooks: Hooks | None = None,
 ) -> TrainResult:
     """Train on the UTF-8 files `corpus` (or, when resuming, the saved ones if None).
@@ -272,12 +279,18 @@ def train(
     `given` holds the options the user set, by TrainOptions field name (None = not set).
     The best-validation weights go to `out` (default models/<first file's stem>.npz) and the
     full state to `last_path_for(out)`, at each validation and when stopped. `resume` is a
-    `.last.npz` to continue exactly. Raises CharLSTMError subclasses for bad input and
-    TrainingDivergedError when the loss or gradient stops being finite.
+    `.last.npz` to continue exactly. `init_from` is a checkpoint (or "shipped") to fine-tune:
+    its architecture and weights over the union of both vocabularies (charlstm.finetune),
+    FINETUNE_DEFAULTS under `given`, and fresh optimizer moments and schedule. Raises
+    CharLSTMError subclasses for bad input and TrainingDivergedError when the loss or gradient
+    stops being finite.
     """
     run = _Run(hooks or Hooks())
-    run.setup(corpus, dict(given or {}), out, resume)
-    return run.loop()
+    try:
+        run.setup(corpus, dict(given or {}), out, resume, init_from)
+        return run.loop()
+    finally:
+        run.close()
 
 
 def _state_str(value: Any) -> np.ndarray:
@@ -315,6 +328,7 @@ class _Progress:
     best_val_loss: float | None = None
     best_step: int | None = None
     last_eval_step: int = -1
+    validations: list[list[float]] = field(default_factory=list)  # [step, loss, elapsed] each
 
 
 def _check_writable(out: Path) -> None:
@@ -346,6 +360,15 @@ def _check_size(config: ModelConfig, T: int, B: int) -> None:
             f"a {L}x{H} model with batch {B} x window {T} needs about {need / 2**30:,.1f} GB to train; "
             f"this machine has {ram / 2**30:,.1f} GB (lower --hidden, --layers, --batch-size or --seq-len)"
         )
+
+
+def _new_chars_notice(start: finetune.Start) -> str:
+    source = start.source
+    if not start.new_chars:
+        return f"fine-tuning {source}: the corpus uses no character the model lacks"
+    shown = "".join(start.new_chars[:40]).encode("unicode_escape").decode("ascii")
+    more = f" and {len(start.new_chars) - 40} more" if len(start.new_chars) > 40 else ""
+    return f"fine-tuning {source}: {len(start.new_chars)} new character(s) get fresh rows: {shown}{more}"
 
 
 def _warm_up(config: ModelConfig) -> None:
@@ -384,8 +407,11 @@ class _Run:
         given: dict[str, Any],
         out: Path | str | None,
         resume: Path | str | None,
+        init_from: Path | str | None = None,
     ) -> None:
-        ckpt = None
+        ckpt = source = None
+        if resume is not None and init_from is not None:
+            raise ConfigError("give --resume or --init-from, not both (a resumed run keeps its start)")
         if resume is not None:
             ckpt = load_checkpoint(resume, with_train_state=True)
             if not ckpt.train_state:
@@ -400,6 +426,9 @@ class _Run:
         else:
             if not corpus:
                 raise ConfigError("no corpus files given")
+            if init_from is not None:
+                source = finetune.load_source(init_from)
+                given = self._finetune_options(source, given)
             options, notices = resolve_options(given)
             if out is None:
                 out = default_out_path(corpus)
@@ -414,11 +443,23 @@ class _Run:
         _check_writable(self.out)  # before minutes of encoding and training, not after
         if resume is not None and Path(resume).resolve() == self.out.resolve():
             raise ConfigError("--out must not be the checkpoint being resumed")
+        if source is not None and source.path.resolve() in (self.out.resolve(), self.last.resolve()):
+            raise ConfigError("--out must not overwrite the model being fine-tuned")
         self.corpus_paths = [Path(p).resolve() for p in corpus]
+        self.init_from = ckpt.config.get("init_from") if ckpt is not None else None
 
         loaded = load_corpus(corpus, self.out.parent / ".charlstm-cache", self.hooks.load_progress)
-        self.vocab = loaded.vocab
-        train_tokens, self.val_tokens = loaded.split(options.val_frac)
+        seeds = np.random.SeedSequence(options.random_seed).spawn(2)
+        start = None
+        if source is not None:
+            start = finetune.start_from(
+                source, loaded.vocab, options.dropout, np.random.default_rng(seeds[0])
+            )
+            self.init_from = {"path": str(start.source.resolve()), "new_chars": start.new_chars}
+            self._notice(_new_chars_notice(start))
+        self.vocab, tokens = self._vocabulary(loaded, start, ckpt)
+        n_train = train_size(len(tokens), options.val_frac)
+        train_tokens, self.val_tokens = tokens[:n_train], tokens[n_train:]
         self.stream = BatchStream(
             train_tokens, options.batch_size, options.seq_len, notice=self.hooks.notice, name=loaded.name
         )
@@ -428,16 +469,18 @@ class _Run:
         config = options.model_config(self.vocab.size)
         B, T = self.stream.batch, self.stream.seq_len
         _check_size(config, T, B)
-        seeds = np.random.SeedSequence(options.random_seed).spawn(2)
         self.dropout_rng = np.random.default_rng(seeds[1])
         try:
-            if ckpt is None:
-                self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
+            if ckpt is not None:
+                self._restore(ckpt, config)
+            else:
+                if start is not None:
+                    self.params = start.params
+                else:
+                    self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
                 self.m = np.zeros_like(self.params.flat)  # Adam moments (P,)
                 self.v = np.zeros_like(self.params.flat)
                 self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
-            else:
-                self._restore(ckpt, config)
             self._start_average(ckpt)
             self.grads = Params.zeros(config, np.float32)
             self.decay_mask = self.params.decay_mask()
@@ -458,6 +501,47 @@ class _Run:
             self.total_steps = None
         self.budget_seconds = None if o.minutes is None else o.minutes * 60.0
         _warm_up(config)
+        self.metrics = MetricsLog(metrics_path_for(self.out), resume_step=self.p.step if ckpt else None)
+
+    @staticmethod
+    def _finetune_options(source: Checkpoint, given: dict[str, Any]) -> dict[str, Any]:
+        """The options of a fine-tuning run: the model's architecture and dropout, then
+        FINETUNE_DEFAULTS, under what the user gave."""
+        model = source.model_config
+        finetune.check_architecture(model, given, source.path)
+        chosen = {k: v for k, v in given.items() if v is not None}
+        return {
+            **{name: getattr(model, name) for name in finetune.ARCHITECTURE},
+            "dropout": model.dropout,
+            **FINETUNE_DEFAULTS,
+            **chosen,
+        }
+
+    def _vocabulary(
+        self, loaded: Corpus, start: finetune.Start | None, ckpt: Checkpoint | None
+    ) -> tuple[Vocab, np.ndarray]:
+        """The run's vocabulary and the corpus's (N,) ids over it: the corpus's own, or for a
+        fine-tuning run (started now, or resumed) the union it was started with."""
+        if start is not None:
+            vocab = start.vocab
+        elif ckpt is not None and self.init_from is not None:
+            vocab = ckpt.vocab
+            missing = sorted(set(loaded.vocab.chars) - set(vocab.chars))
+            if missing:
+                raise ConfigError(
+                    f"cannot resume: the corpus now holds {len(missing)} character(s) the run's vocabulary "
+                    f"lacks ({', '.join(map(repr, missing[:5]))})"
+                )
+        else:
+            return loaded.vocab, loaded.tokens
+        if vocab == loaded.vocab:
+            return vocab, loaded.tokens
+        return vocab, finetune.remap_tokens(loaded.tokens, loaded.vocab, vocab, token_dtype(vocab.size))
+
+    def close(self) -> None:
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
 
     def _start_average(self, ckpt: Checkpoint | None) -> None:
         """With --ema: the running average of the weights, from the saved state on a resume
@@ -608,8 +692,10 @@ class _Run:
         self.session_chars += chars
         self.session_train_seconds += seconds
         p.elapsed = self._elapsed()
+        info = self._step_info(loss, norm, lr)
+        self.metrics.step(k, p.elapsed, lr, info.smoothed_loss, norm, info.chars_per_s)
         if self.hooks.step is not None:
-            self.hooks.step(self._step_info(loss, norm, lr))
+            self.hooks.step(info)
 
     def _smoothed(self) -> float:
         if self.p.step == 0:
@@ -666,6 +752,10 @@ class _Run:
         improved = False
         if has_val:
             p.val_loss = val
+            self.metrics.validation(p.step, self._elapsed(), val)
+            p.validations.append([p.step, val, round(self._elapsed(), 3)])
+            if len(p.validations) > MAX_RECORD:
+                del p.validations[1:-1:2]  # keep the first and the latest, half of the rest
             if p.best_val_loss is None or val < p.best_val_loss:
                 p.best_val_loss, p.best_step = val, p.step
                 improved = True
@@ -702,6 +792,15 @@ class _Run:
             "step": p.step,
             "val_loss": p.val_loss,
             "best_val_loss": p.best_val_loss,
+            "init_from": self.init_from,
+            "record": {
+                "best_step": p.best_step,
+                "epoch": self.stream.epoch,
+                "chars_seen": p.chars_seen,
+                "elapsed": p.elapsed,
+                "train_seconds": p.train_seconds,
+                "validations": p.validations,
+            },
         }
 
     def _save(self, best: bool) -> Path:
@@ -743,6 +842,7 @@ class _Run:
             chars_per_s=p.chars_seen / p.train_seconds if p.train_seconds else 0.0,
             out=self.out if self.out_written else None,
             last=self.last if self.last_saved_step >= 0 else None,
+            metrics=self.metrics.path,
             interrupted=interrupted,
             batch_size=self.stream.batch,
             seq_len=self.stream.seq_len,

@@ -83,7 +83,7 @@ app = typer.Typer(
 )
 
 # Each command module registers itself on `app` when imported.
-from . import eval_cmd, gates_cmd, sample_cmd, train_cmd  # noqa: E402, F401
+from . import eval_cmd, gates_cmd, info_cmd, sample_cmd, train_cmd  # noqa: E402, F401
 
 
 def main() -> None:

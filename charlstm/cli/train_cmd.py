@@ -20,7 +20,9 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from .. import curves
 from ..errors import CharLSTMError
+from ..metrics import MetricsError, read_curves
 from ..train import (
     EvalInfo,
     Hooks,
@@ -124,6 +126,15 @@ def train_command(
         Path | None,
         typer.Option(help="Continue exactly from a *.last.npz; other options default to the saved ones."),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune a trained model (a *.npz, a *.last.npz, or `shipped`): its architecture and "
+            "weights, new characters added; --lr 2e-3, --warmup 20, --eval-every 50 and its dropout "
+            "unless given.",
+            show_default=False,
+        ),
+    ] = None,
     preview: Annotated[
         bool, typer.Option("--preview", help="Show a short sample after each validation.")
     ] = False,
@@ -162,7 +173,7 @@ def train_command(
     planned_last = _planned_last(files, out, resume)
     try:
         with stop:
-            result = train(files, given, out=out, resume=resume, hooks=hooks)
+            result = train(files, given, out=out, resume=resume, init_from=init_from, hooks=hooks)
     except KeyboardInterrupt:
         display.close()
         if planned_last is not None and planned_last.exists():
@@ -174,6 +185,8 @@ def train_command(
     finally:
         display.close()
     _print_summary(console, result)
+    if console.is_terminal and result.metrics is not None:
+        _print_curves(console, result.metrics)
     if result.interrupted:
         if result.last is None:
             _say(console, "interrupted before the first step: nothing to save")
@@ -181,6 +194,21 @@ def train_command(
             _say(console, f"interrupted at step {result.step:,}: state saved to {result.last}")
             _say(console, f"resume with: charlstm train --resume {shlex.quote(str(result.last))}")
         raise typer.Exit(130)
+
+
+def _print_curves(console: Console, path: Path) -> None:
+    """The run's loss curves from its metrics log (a terminal only: a log file gets the table)."""
+    try:
+        log = read_curves(path)
+    except MetricsError as exc:
+        _say(console, f"warning: {exc}")
+        return
+    console.print(Text(f"loss curves ({path})", style="bold"))
+    color = console.color_system is not None and not console.no_color
+    width = min(console.width, 100)
+    console.print(
+        curves.render(log.steps, log.train_loss, log.val_steps, log.val_loss, width=width, color=color)
+    )
 
 
 def _say(console: Console, text: str) -> None:
