@@ -50,8 +50,10 @@ def describe(spec: Path | str) -> dict[str, Any]:
         "best_step": progress.get("best_step"),
         "warnings": [],
     }
+    info["curves"], elapsed = _curves(path, progress, info["warnings"], info["step"])
+    if info["elapsed"] is None:  # best weights hold no clock (same seed, same bytes): the log's
+        info["elapsed"] = elapsed
     info["resume"] = _resume_plan(ckpt, info) if ckpt.train_state else None
-    info["curves"] = _curves(ckpt, path, progress, info["warnings"])
     return info
 
 
@@ -134,15 +136,18 @@ def _resume_plan(ckpt: Checkpoint, info: dict) -> dict[str, Any]:
     }
 
 
-def _curves(ckpt: Checkpoint, path: Path, progress: dict, warnings: list[str]) -> dict[str, Any]:
-    """The loss curves: from the metrics log beside the file, else the validation record."""
+def _curves(
+    path: Path, progress: dict, warnings: list[str], step: int | None
+) -> tuple[dict[str, Any], float | None]:
+    """The loss curves, from the metrics log beside the file, else the validation record; and
+    the run's elapsed seconds at `step` when the log has them."""
     log = metrics_path_for(path)
     if log.exists():
         try:
             curves = read_curves(log)
             if curves.skipped:
                 warnings.append(f"{log}: {curves.skipped} unreadable row(s) skipped")
-            return _as_series(curves, str(log))
+            return _as_series(curves, str(log)), curves.elapsed.get(step) if step is not None else None
         except MetricsError as exc:
             warnings.append(f"{exc}; using the checkpoint's record")
     validations = progress.get("validations") or []
@@ -152,7 +157,7 @@ def _curves(ckpt: Checkpoint, path: Path, progress: dict, warnings: list[str]) -
         if readable and math.isfinite(entry[1]):
             curves.val_steps.append(int(entry[0]))
             curves.val_loss.append(float(entry[1]))
-    return _as_series(curves, "checkpoint record" if validations else None)
+    return _as_series(curves, "checkpoint record" if validations else None), None
 
 
 def _as_series(curves: Curves, source: str | None) -> dict[str, Any]:

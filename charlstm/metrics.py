@@ -39,6 +39,7 @@ class Curves:
     train_loss: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    elapsed: dict[int, float] = field(default_factory=dict)  # step -> seconds of the run then
     rows: int = 0  # rows read, both kinds
     skipped: int = 0  # rows that could not be read (a torn last line, a stray edit)
 
@@ -70,7 +71,9 @@ def read_curves(path: Path | str) -> Curves:
             curves.skipped += 1
             continue
         curves.rows += 1
-        step, loss, val = values
+        step, elapsed, loss, val = values
+        if elapsed is not None:
+            curves.elapsed[step] = elapsed
         if val is not None:
             curves.val_steps.append(step)
             curves.val_loss.append(val)
@@ -81,7 +84,7 @@ def read_curves(path: Path | str) -> Curves:
 
 
 def _rows(lines: list[str]):
-    """(step, train_loss, val_loss) of each line, None for a line that does not parse (a
+    """(step, elapsed, train_loss, val_loss) of each line, None for a line that does not parse (a
     last line cut short by a crash has no newline and is dropped as torn)."""
     for i, line in enumerate(lines):
         if i == len(lines) - 1 and not line.endswith("\n"):
@@ -93,12 +96,13 @@ def _rows(lines: list[str]):
             continue
         try:
             step = int(cells[0])
+            elapsed = _number(cells[1])
             loss = _number(cells[3])
             val = _number(cells[6])
         except ValueError:
             yield None
             continue
-        yield step, loss, val
+        yield step, elapsed, loss, val
 
 
 def _number(cell: str) -> float | None:

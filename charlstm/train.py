@@ -328,7 +328,7 @@ class _Progress:
     best_val_loss: float | None = None
     best_step: int | None = None
     last_eval_step: int = -1
-    validations: list[list[float]] = field(default_factory=list)  # [step, loss, elapsed] each
+    validations: list[list[float]] = field(default_factory=list)  # [step, loss] each
 
 
 def _check_writable(out: Path) -> None:
@@ -753,7 +753,7 @@ class _Run:
         if has_val:
             p.val_loss = val
             self.metrics.validation(p.step, self._elapsed(), val)
-            p.validations.append([p.step, val, round(self._elapsed(), 3)])
+            p.validations.append([p.step, val])
             if len(p.validations) > MAX_RECORD:
                 del p.validations[1:-1:2]  # keep the first and the latest, half of the rest
             if p.best_val_loss is None or val < p.best_val_loss:
@@ -797,9 +797,7 @@ class _Run:
                 "best_step": p.best_step,
                 "epoch": self.stream.epoch,
                 "chars_seen": p.chars_seen,
-                "elapsed": p.elapsed,
-                "train_seconds": p.train_seconds,
-                "validations": p.validations,
+                "validations": p.validations,  # no clock here: same seed, same bytes
             },
         }
 

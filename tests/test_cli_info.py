@@ -38,7 +38,7 @@ def test_info_on_best_weights_with_a_log(trained):
     assert "charlstm/1, weights" in out and "lstm 1x8, embed 4" in out
     assert f"{load_checkpoint(trained / 'm.npz').model_config.n_params:,} parameters" in out
     assert "\\t" in out and "\\n" in out and "\\\\" in out and "東" in out  # escaped, one line
-    assert "12 steps" in out and "epochs" in out and "characters seen" in out
+    assert "12 steps" in out and "epochs" in out and "characters seen" in out and "of training" in out
     best_step = load_checkpoint(trained / "m.npz").config["record"]["best_step"]
     assert "best validation" in out and f"at step {best_step:,}" in out
     assert f"loss curves ({trained / 'm.metrics.csv'})" in out

@@ -193,3 +193,20 @@ def test_curves_on_short_long_flat_and_non_finite_series(steps, loss):
 def test_curves_with_nothing_to_draw_say_so():
     assert "no loss" in curves.render([], [], color=False).plain
     assert "no loss" in curves.render([1], [float("nan")], color=False).plain
+
+
+def test_train_command_draws_the_curves_on_a_terminal_in_colour_or_glyphs(tmp_path, corpus):
+    import io
+
+    from rich.console import Console
+
+    from charlstm.cli.train_cmd import _print_curves
+
+    train([corpus], {**TINY, "steps": 8, "eval_every": 4}, out=tmp_path / "m.npz")
+    for no_color in (False, True):
+        console = Console(file=io.StringIO(), force_terminal=True, width=80, no_color=no_color, record=True)
+        _print_curves(console, tmp_path / "m.metrics.csv")
+        text = console.export_text(clear=False)
+        assert "loss curves" in text and "step 8" in text and "*" in text and "." in text
+        styled = console.export_text(styles=True)
+        assert ("\x1b[" in styled and "36m" in styled) != no_color  # cyan training marks, or none
