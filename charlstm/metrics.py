@@ -113,11 +113,13 @@ def _number(cell: str) -> float | None:
 
 
 class MetricsLog:
-    """Appends rows to a run's log; `resume_step` keeps the rows up to that step first."""
+    """Appends rows to a run's log. A resumed run (`resume_step`) first keeps the rows up to
+    that step, from the log it resumes (`earlier`, by default `path`: another one when the
+    resumed run writes elsewhere)."""
 
-    def __init__(self, path: Path | str, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path | str, resume_step: int | None = None, earlier: Path | None = None) -> None:
         self.path = Path(path)
-        kept = _kept_lines(self.path, resume_step) if resume_step is not None else []
+        kept = _kept_lines(earlier or self.path, resume_step) if resume_step is not None else []
         _replace(self.path, [_line(COLUMNS), *kept])
         self.file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (lives with the run)
 

@@ -501,7 +501,10 @@ class _Run:
             self.total_steps = None
         self.budget_seconds = None if o.minutes is None else o.minutes * 60.0
         _warm_up(config)
-        self.metrics = MetricsLog(metrics_path_for(self.out), resume_step=self.p.step if ckpt else None)
+        if ckpt is None:
+            self.metrics = MetricsLog(metrics_path_for(self.out))
+        else:  # the resumed run's log, carried over when --out moves the run
+            self.metrics = MetricsLog(metrics_path_for(self.out), self.p.step, metrics_path_for(ckpt.path))
 
     @staticmethod
     def _finetune_options(source: Checkpoint, given: dict[str, Any]) -> dict[str, Any]:

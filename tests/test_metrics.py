@@ -210,3 +210,12 @@ def test_train_command_draws_the_curves_on_a_terminal_in_colour_or_glyphs(tmp_pa
         assert "loss curves" in text and "step 8" in text and "*" in text and "." in text
         styled = console.export_text(styles=True)
         assert ("\x1b[" in styled and "36m" in styled) != no_color  # cyan training marks, or none
+
+
+def test_a_resume_to_another_out_carries_the_log_over(tmp_path, corpus):
+    train([corpus], {**TINY, "steps": 5, "eval_every": 5}, out=tmp_path / "a.npz")
+    train(None, {"steps": 8}, resume=tmp_path / "a.last.npz", out=tmp_path / "moved" / "b.npz")
+    steps = [int(r["step"]) for r in rows_of(tmp_path / "moved" / "b.metrics.csv") if r["val_loss"] == ""]
+    assert steps == list(range(1, 9))
+    first = [int(r["step"]) for r in rows_of(tmp_path / "a.metrics.csv") if r["val_loss"] == ""]
+    assert first == [1, 2, 3, 4, 5]  # the first run's own log is left as it was
