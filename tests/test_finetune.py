@@ -35,6 +35,19 @@ def make_source(tmp_path: Path, embed: int = 4, name: str = "source.npz") -> Pat
     return path
 
 
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "new.txt"
+    path.write_text(NEW_TEXT, encoding="utf-8")
+    return path
+
+
+def cli_train(corpus: Path, source: Path, *extra: str):
+    """`charlstm train CORPUS --init-from SOURCE --steps 1 ...` through CliRunner."""
+    args = ["train", str(corpus), "--init-from", str(source), "--steps", "1", *extra]
+    return CliRunner().invoke(app, args, env=ENV)
+
+
 def test_union_vocab_lists_the_new_characters():
     model, corpus = Vocab.from_text("abc\n"), Vocab.from_text("ab z\n")
     union, new = finetune.union_vocab(model, corpus)
@@ -87,25 +100,11 @@ def test_at_step_zero_known_text_gets_the_models_log_p(tmp_path):
     assert before.mean() < -0.5  # a real distribution, not a degenerate one
 
 
-def test_zero_step_exactness_through_the_cli(tmp_path):
+def test_zero_step_exactness_through_the_cli(tmp_path, corpus):
     """A fine-tuned checkpoint after one step at lr 1e-12 scores known text as the source does."""
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     out = tmp_path / "tuned.npz"
-    args = [
-        "train",
-        str(corpus),
-        "--init-from",
-        str(source),
-        "--steps",
-        "1",
-        "--lr",
-        "1e-12",
-        "--out",
-        str(out),
-    ]
-    result = CliRunner().invoke(app, [*args, "--seq-len", "8", "--batch-size", "4"], env=ENV)
+    result = cli_train(corpus, source, "--lr", "1e-12", "--out", str(out), "--seq-len=8", "--batch-size=4")
     assert result.exit_code == 0, result.output
     assert "new character(s) get fresh rows" in result.stderr
     known = tmp_path / "known.txt"
@@ -121,10 +120,8 @@ def test_zero_step_exactness_through_the_cli(tmp_path):
     assert tuned.config["init_from"]["new_chars"] == sorted(set(NEW_TEXT) - set(SOURCE_TEXT))
 
 
-def test_architecture_and_defaults_come_from_the_model(tmp_path):
+def test_architecture_and_defaults_come_from_the_model(tmp_path, corpus):
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     result = train([corpus], {**TINY, "steps": 2}, out=tmp_path / "t.npz", init_from=source)
     o = result.options
     assert (o.layers, o.hidden, o.embed, o.dropout) == (2, 8, 4, 0.1)
@@ -135,10 +132,8 @@ def test_architecture_and_defaults_come_from_the_model(tmp_path):
     assert given.options.lr == 1e-3  # what the user gives wins
 
 
-def test_conflicts_are_refused(tmp_path):
+def test_conflicts_are_refused(tmp_path, corpus):
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     with pytest.raises(ConfigError, match="the model has --hidden 8, not 16"):
         train([corpus], {"hidden": 16, "steps": 1}, out=tmp_path / "t.npz", init_from=source)
     with pytest.raises(ConfigError, match="--resume or --init-from"):
@@ -157,26 +152,13 @@ def test_conflicts_are_refused(tmp_path):
         (["--resume", "x.last.npz"], "--resume or --init-from"),
     ],
 )
-def test_cli_conflicts_are_one_line_errors(tmp_path, extra, fragment):
+def test_cli_conflicts_are_one_line_errors(tmp_path, corpus, extra, fragment):
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     if "--resume" in extra:
-        save_checkpoint(
-            tmp_path / "x.last.npz", load_checkpoint(source).params, load_checkpoint(source).vocab, {}
-        )
+        ckpt = load_checkpoint(source)
+        save_checkpoint(tmp_path / "x.last.npz", ckpt.params, ckpt.vocab, {})
         extra = ["--resume", str(tmp_path / "x.last.npz")]
-    args = [
-        "train",
-        str(corpus),
-        "--init-from",
-        str(source),
-        "--steps",
-        "1",
-        "--out",
-        str(tmp_path / "t.npz"),
-    ]
-    result = CliRunner().invoke(app, [*args, *extra], env=ENV)
+    result = cli_train(corpus, source, "--out", str(tmp_path / "t.npz"), *extra)
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert fragment in result.stderr
@@ -193,10 +175,8 @@ def test_shipped_model_can_be_fine_tuned_from_by_name(tmp_path):
     assert set(tuned.vocab.chars) == set(shipped.vocab.chars) | set(corpus.read_text())
 
 
-def test_a_fine_tuning_run_resumes_exactly(tmp_path):
+def test_a_fine_tuning_run_resumes_exactly(tmp_path, corpus):
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     options = {**TINY, "steps": 12, "eval_every": 5}
     train([corpus], options, out=tmp_path / "a.npz", init_from=source)
     seen = {"step": 0}
@@ -213,10 +193,8 @@ def test_a_fine_tuning_run_resumes_exactly(tmp_path):
         assert np.array_equal(a.train_state[key], b.train_state[key]), key
 
 
-def test_resume_refuses_a_corpus_that_grew_new_characters(tmp_path):
+def test_resume_refuses_a_corpus_that_grew_new_characters(tmp_path, corpus):
     source = make_source(tmp_path)
-    corpus = tmp_path / "new.txt"
-    corpus.write_text(NEW_TEXT, encoding="utf-8")
     train([corpus], {**TINY, "steps": 2}, out=tmp_path / "t.npz", init_from=source)
     corpus.write_text(NEW_TEXT + "Zebra%\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="character"):
