@@ -205,6 +205,26 @@ class Vocab:
         return "".join(self._array[ids].tolist())
 
 
+def escape(text: str) -> str:
+    """`text` on one line, readable back: control characters, backslashes and the space
+    escaped (`\\n`, `\\t`, `\\\\`, `␠`, `\\x01`), every other printable character as it is."""
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif not ch.isprintable():
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", " ": "␠"}
+
+
 def encode_known(text: str, vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """Encode `text` with a model's vocabulary that may lack some of its characters.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, named_model_path
-from .data import Vocab
+from .data import Vocab, escape, token_dtype
 from .errors import ConfigError
 from .model import ModelConfig, Params, init_params
 
@@ -35,6 +35,15 @@ class Start:
     vocab: Vocab  # the union, sorted as every Vocab is
     new_chars: list[str]  # in the corpus but not in the model, by code point
     source: Path
+
+    def notice(self, shown: int = 40) -> str:
+        """The one-line notice of the run's start, listing the new characters."""
+        if not self.new_chars:
+            return f"fine-tuning {self.source}: the corpus uses no character the model lacks"
+        more = f" and {len(self.new_chars) - shown} more" if len(self.new_chars) > shown else ""
+        listed = escape("".join(self.new_chars[:shown]))
+        count = len(self.new_chars)
+        return f"fine-tuning {self.source}: {count} new character(s) get fresh rows: {listed}{more}"
 
 
 def load_source(spec: Path | str) -> Checkpoint:
@@ -86,8 +95,9 @@ def start_from(source: Checkpoint, corpus_vocab: Vocab, dropout: float, rng: np.
     return Start(params=params, vocab=vocab, new_chars=new_chars, source=source.path)
 
 
-def remap_tokens(tokens: np.ndarray, source: Vocab, target: Vocab, dtype: np.dtype) -> np.ndarray:
-    """(N,) corpus ids over `source` -> (N,) ids over `target` (a superset), read-only."""
-    remapped = id_map(source, target).astype(dtype)[tokens]
+def remap_tokens(tokens: np.ndarray, source: Vocab, target: Vocab) -> np.ndarray:
+    """(N,) corpus ids over `source` -> (N,) ids over `target` (a superset), read-only, in the
+    smallest dtype that holds target's ids."""
+    remapped = id_map(source, target).astype(token_dtype(target.size))[tokens]
     remapped.flags.writeable = False
     return remapped

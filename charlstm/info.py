@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import FORMAT, Checkpoint, load_checkpoint, named_model_path
+from .data import escape
 from .metrics import Curves, MetricsError, metrics_path_for, read_curves
+from .train import best_path_beside
 
 
 def describe(spec: Path | str) -> dict[str, Any]:
@@ -42,7 +44,7 @@ def describe(spec: Path | str) -> dict[str, Any]:
         "corpus": config.get("corpus"),
         "init_from": config.get("init_from"),
         "step": progress.get("step", config.get("step")),
-        "epoch": _epoch(ckpt, record),
+        "epoch": record.get("epoch"),
         "chars_seen": progress.get("chars_seen"),
         "elapsed": progress.get("elapsed"),
         "val_loss": config.get("val_loss"),
@@ -57,29 +59,6 @@ def describe(spec: Path | str) -> dict[str, Any]:
     return info
 
 
-def escape(text: str) -> str:
-    """`text` with control characters, spaces at either end and backslashes escaped, so a
-    vocabulary prints on one line and can be read back."""
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == " ":
-            out.append("␠")
-        elif not ch.isprintable():
-            code = ord(ch)
-            out.append(
-                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-            )
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def _counters(ckpt: Checkpoint) -> dict[str, Any]:
     """The counters of a `.last.npz` (step, characters, time, best), {} for best weights."""
     if "counters" not in ckpt.train_state:
@@ -89,20 +68,6 @@ def _counters(ckpt: Checkpoint) -> dict[str, Any]:
     except (ValueError, TypeError, IndexError):
         return {}
     return counters if isinstance(counters, dict) else {}
-
-
-def _epoch(ckpt: Checkpoint, record: dict) -> float | None:
-    """Passes over the training text: from a training state's data position, else the record."""
-    if "data" in ckpt.train_state:
-        try:
-            data = json.loads(str(ckpt.train_state["data"][()]))
-            stream_len = (int(data["n_tokens"]) - 1) // int(data["batch"])
-            windows = (stream_len - 1) // int(data["seq_len"])
-            return int(data["epoch"]) + int(data["window"]) / windows
-        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError):
-            pass
-    epoch = record.get("epoch")
-    return float(epoch) if isinstance(epoch, int | float) else None
 
 
 def _resume_plan(ckpt: Checkpoint, info: dict) -> dict[str, Any]:
@@ -120,10 +85,7 @@ def _resume_plan(ckpt: Checkpoint, info: dict) -> dict[str, Any]:
         minutes = training.get("minutes") or 0.0
         spent = (info["elapsed"] or 0.0) / 60
         budget = f"{max(0.0, minutes - spent):.1f} more minutes, to {minutes:g} in all"
-    if ckpt.path.name.endswith(".last.npz"):
-        out = ckpt.path.with_name(ckpt.path.name[: -len(".last.npz")] + ".npz")
-    else:
-        out = Path(str(ckpt.config.get("out", "")))
+    out = best_path_beside(ckpt.path, ckpt.config)
     done = training.get("steps") is not None and step >= training["steps"]
     return {
         "command": f"charlstm train --resume {ckpt.path}",

@@ -57,16 +57,8 @@ class MetricsError(Exception):
 
 def read_curves(path: Path | str) -> Curves:
     """Read a metrics log. Raises MetricsError when it is not one (wrong header, unreadable)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MetricsError(f"{path}: cannot read the metrics log ({exc})") from None
-    lines = text.splitlines(keepends=True)
-    if not lines or next(csv.reader([lines[0]])) != list(COLUMNS):
-        raise MetricsError(f"{path}: not a charlstm metrics log (its header differs)")
     curves = Curves()
-    for values in _rows(lines[1:]):
+    for _, values in _rows(_data_lines(Path(path))):
         if values is None:
             curves.skipped += 1
             continue
@@ -83,26 +75,35 @@ def read_curves(path: Path | str) -> Curves:
     return curves
 
 
+def _data_lines(path: Path) -> list[str]:
+    """The lines of a log after its header, newlines kept. Raises MetricsError when it cannot
+    be read or its header is not ours."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MetricsError(f"{path}: cannot read the metrics log ({exc})") from None
+    if not lines or next(csv.reader([lines[0]])) != list(COLUMNS):
+        raise MetricsError(f"{path}: not a charlstm metrics log (its header differs)")
+    return lines[1:]
+
+
 def _rows(lines: list[str]):
-    """(step, elapsed, train_loss, val_loss) of each line, None for a line that does not parse (a
-    last line cut short by a crash has no newline and is dropped as torn)."""
+    """Each line with its (step, elapsed, train_loss, val_loss), or None for a line that does
+    not parse (a last line cut short by a crash has no newline and is dropped as torn)."""
     for i, line in enumerate(lines):
         if i == len(lines) - 1 and not line.endswith("\n"):
-            yield None
+            yield line, None
             continue
         cells = next(csv.reader([line]), [])
         if len(cells) != len(COLUMNS):
-            yield None
+            yield line, None
             continue
         try:
-            step = int(cells[0])
-            elapsed = _number(cells[1])
-            loss = _number(cells[3])
-            val = _number(cells[6])
+            values = int(cells[0]), _number(cells[1]), _number(cells[3]), _number(cells[6])
         except ValueError:
-            yield None
+            yield line, None
             continue
-        yield step, elapsed, loss, val
+        yield line, values
 
 
 def _number(cell: str) -> float | None:
@@ -147,25 +148,13 @@ def _line(cells) -> str:
 
 
 def _kept_lines(path: Path, resume_step: int) -> list[str]:
-    """The whole data lines of an earlier session's log with step <= resume_step (none when the
+    """The readable rows of an earlier session's log with step <= resume_step (none when the
     log is missing or not a metrics log: the resumed run starts a new one)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
+        lines = _data_lines(path)
+    except MetricsError:
         return []
-    if not lines or next(csv.reader([lines[0]])) != list(COLUMNS):
-        return []
-    kept = []
-    for line in lines[1:]:
-        if not line.endswith("\n"):
-            break  # torn by a crash
-        try:
-            step = int(line.split(",", 1)[0])
-        except ValueError:
-            continue
-        if step <= resume_step:
-            kept.append(line)
-    return kept
+    return [line for line, values in _rows(lines) if values is not None and values[0] <= resume_step]
 
 
 def _replace(path: Path, lines: list[str]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import finetune, kernels
 from .checkpoint import MAX_LAYERS, MAX_PARAMS, MAX_WIDTH, Checkpoint, load_checkpoint, save_checkpoint
-from .data import BatchStream, Corpus, Vocab, load_corpus, token_dtype, train_size
+from .data import BatchStream, Corpus, Vocab, load_corpus
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .evaluate import validation_loss
 from .metrics import MetricsLog, metrics_path_for
@@ -218,6 +218,13 @@ def last_path_for(out: Path | str) -> Path:
     return out.with_name(f"{stem}.last.npz")
 
 
+def best_path_beside(state: Path, config: Mapping[str, Any]) -> Path:
+    """The best-weights path of the run whose training state is `state`: beside it, as written."""
+    if state.name.endswith(".last.npz"):
+        return state.with_name(state.name[: -len(".last.npz")] + ".npz")
+    return Path(str(config.get("out", state.with_suffix(".best.npz"))))
+
+
 def default_out_path(corpus_paths: Sequence[Path | str]) -> Path:
     return Path("models") / f"{Path(corpus_paths[0]).stem}.npz"
 
@@ -362,15 +369,6 @@ def _check_size(config: ModelConfig, T: int, B: int) -> None:
         )
 
 
-def _new_chars_notice(start: finetune.Start) -> str:
-    source = start.source
-    if not start.new_chars:
-        return f"fine-tuning {source}: the corpus uses no character the model lacks"
-    shown = "".join(start.new_chars[:40]).encode("unicode_escape").decode("ascii")
-    more = f" and {len(start.new_chars) - 40} more" if len(start.new_chars) > 40 else ""
-    return f"fine-tuning {source}: {len(start.new_chars)} new character(s) get fresh rows: {shown}{more}"
-
-
 def _warm_up(config: ModelConfig) -> None:
     """Compile every kernel a run uses on a 2-unit copy of the model, so the JIT's seconds are
     not taken from a --minutes budget (Numba compiles per dtype and layout, not per size)."""
@@ -394,6 +392,7 @@ class _Run:
         self.p = _Progress()
         self.last_saved_step = -1  # step of the state in `.last.npz`; -1 before the first write
         self.out_written = False  # `out` holds this run's best weights
+        self.metrics: MetricsLog | None = None  # opened at the end of setup
 
     def _notice(self, message: str) -> None:
         if self.hooks.notice is not None:
@@ -422,7 +421,7 @@ class _Run:
             if not corpus:
                 corpus = saved_paths
             if out is None:
-                out = self._out_beside(Path(resume), ckpt.config)
+                out = best_path_beside(Path(resume), ckpt.config)
         else:
             if not corpus:
                 raise ConfigError("no corpus files given")
@@ -456,10 +455,10 @@ class _Run:
                 source, loaded.vocab, options.dropout, np.random.default_rng(seeds[0])
             )
             self.init_from = {"path": str(start.source.resolve()), "new_chars": start.new_chars}
-            self._notice(_new_chars_notice(start))
-        self.vocab, tokens = self._vocabulary(loaded, start, ckpt)
-        n_train = train_size(len(tokens), options.val_frac)
-        train_tokens, self.val_tokens = tokens[:n_train], tokens[n_train:]
+            self._notice(start.notice())
+        loaded = self._over_run_vocabulary(loaded, start, ckpt)
+        self.vocab = loaded.vocab
+        train_tokens, self.val_tokens = loaded.split(options.val_frac)
         self.stream = BatchStream(
             train_tokens, options.batch_size, options.seq_len, notice=self.hooks.notice, name=loaded.name
         )
@@ -520,11 +519,11 @@ class _Run:
             **chosen,
         }
 
-    def _vocabulary(
+    def _over_run_vocabulary(
         self, loaded: Corpus, start: finetune.Start | None, ckpt: Checkpoint | None
-    ) -> tuple[Vocab, np.ndarray]:
-        """The run's vocabulary and the corpus's (N,) ids over it: the corpus's own, or for a
-        fine-tuning run (started now, or resumed) the union it was started with."""
+    ) -> Corpus:
+        """The corpus over the run's vocabulary: its own, or for a fine-tuning run (started now,
+        or resumed) the union it was started with, the ids remapped."""
         if start is not None:
             vocab = start.vocab
         elif ckpt is not None and self.init_from is not None:
@@ -536,15 +535,15 @@ class _Run:
                     f"lacks ({', '.join(map(repr, missing[:5]))})"
                 )
         else:
-            return loaded.vocab, loaded.tokens
+            return loaded
         if vocab == loaded.vocab:
-            return vocab, loaded.tokens
-        return vocab, finetune.remap_tokens(loaded.tokens, loaded.vocab, vocab, token_dtype(vocab.size))
+            return loaded
+        tokens = finetune.remap_tokens(loaded.tokens, loaded.vocab, vocab)
+        return dataclasses.replace(loaded, vocab=vocab, tokens=tokens)
 
     def close(self) -> None:
-        metrics = getattr(self, "metrics", None)
-        if metrics is not None:
-            metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _start_average(self, ckpt: Checkpoint | None) -> None:
         """With --ema: the running average of the weights, from the saved state on a resume
@@ -573,13 +572,6 @@ class _Run:
         if version != STATE_VERSION:
             raise CheckpointError(f"{ckpt.path}: training state version {version} is not supported")
         return saved, paths
-
-    @staticmethod
-    def _out_beside(resume: Path, config: Mapping[str, Any]) -> Path:
-        """The best-weights path of a resumed run: beside the state file, as it was written."""
-        if resume.name.endswith(".last.npz"):
-            return resume.with_name(resume.name[: -len(".last.npz")] + ".npz")
-        return Path(str(config.get("out", resume.with_suffix(".best.npz"))))
 
     def _restore(self, ckpt: Checkpoint, config: ModelConfig) -> None:
         """Load weights, moments, carried state, RNG, data position and counters."""

@@ -14,10 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import curves
 from ..info import describe
 from .app import app
-from .common import stderr_console
+from .common import print_curves, stderr_console
 
 LN2 = math.log(2.0)
 
@@ -40,20 +39,11 @@ def info_command(
     console.print(_table(info))
     series = info["curves"]
     if series["train"] or series["validation"]:
-        where = series["source"]
-        console.print(Text(f"loss curves ({where})", style="bold"))
-        train = series["train"]
-        val = series["validation"]
-        console.print(
-            curves.render(
-                [s for s, _ in train],
-                [v for _, v in train],
-                [s for s, _ in val],
-                [v for _, v in val],
-                width=min(console.width, 100),
-                color=console.color_system is not None and not console.no_color,
-            )  # fmt: skip
-        )
+        train, val = series["train"], series["validation"]
+        print_curves(
+            console, series["source"], [s for s, _ in train], [v for _, v in train],
+            [s for s, _ in val], [v for _, v in val],
+        )  # fmt: skip
     else:
         console.print(Text("loss curves: none recorded (no metrics log beside it, no validation record)"))
 

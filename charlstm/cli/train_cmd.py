@@ -20,7 +20,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from .. import curves
 from ..errors import CharLSTMError
 from ..metrics import MetricsError, read_curves
 from ..train import (
@@ -34,7 +33,7 @@ from ..train import (
     train,
 )
 from .app import app
-from .common import stderr_console
+from .common import print_curves, stderr_console
 
 D = TrainOptions()  # the defaults, shown in --help (rich markup would eat "[default: ...]")
 LOG_EVERY_SECONDS = 10.0  # plain output: one progress line this often
@@ -203,12 +202,7 @@ def _print_curves(console: Console, path: Path) -> None:
     except MetricsError as exc:
         _say(console, f"warning: {exc}")
         return
-    console.print(Text(f"loss curves ({path})", style="bold"))
-    color = console.color_system is not None and not console.no_color
-    width = min(console.width, 100)
-    console.print(
-        curves.render(log.steps, log.train_loss, log.val_steps, log.val_loss, width=width, color=color)
-    )
+    print_curves(console, str(path), log.steps, log.train_loss, log.val_steps, log.val_loss)
 
 
 def _say(console: Console, text: str) -> None:
