@@ -39,6 +39,13 @@ def _functions() -> tuple | None:
     return None
 
 
+def set_to(threads: int) -> None:
+    """BLAS on `threads` threads from now on (process-wide)."""
+    functions = _functions()
+    if functions is not None:
+        functions[1](threads)
+
+
 @contextmanager
 def limited_to(threads: int) -> Iterator[None]:
     """BLAS on at most `threads` threads inside the block (process-wide), as before after it."""

@@ -79,15 +79,44 @@ def validation_loss(
     the same figure to float rounding, 2x faster). The run's own state is not touched.
     Returns nan when there is nothing to predict (fewer than 2 tokens).
     """
-    if training is not None and training.batch == batch:
+    total, count = validation_sums(params, tokens, batch=batch, seq_len=seq_len, training=training)
+    return total / count if count else math.nan
+
+
+def validation_shares(tokens: np.ndarray, parts: int, seq_len: int, batch: int = VAL_BATCH) -> list[slice]:
+    """The streams of val_batches(tokens, batch, seq_len) cut into `parts` contiguous shares,
+    as even as its B allows: a data-parallel run scores share r on rank r (validation_sums
+    with the same seq_len) and adds up the sums."""
+    streams = next((inputs.shape[1] for inputs, _ in val_batches(tokens, batch, seq_len)), 0)
+    return [slice(r * streams // parts, (r + 1) * streams // parts) for r in range(parts)]
+
+
+def validation_sums(
+    params: Params,
+    tokens: np.ndarray,
+    *,
+    batch: int = VAL_BATCH,
+    seq_len: int = VAL_SEQ_LEN,
+    training: Workspace | None = None,
+    streams: slice | None = None,
+) -> tuple[float, int]:
+    """(summed loss in nats, characters scored) of validation_loss, over all its streams or
+    over the share `streams` of them cut with this seq_len (validation_shares), where
+    `training` serves the windows of its shape."""
+    if streams is None and training is not None and training.batch == batch:
         seq_len = training.steps
     scorer = _Scorer(params, training)
     total, count = 0.0, 0
+    if streams is not None and streams.stop <= streams.start:
+        return total, count
     for inputs, targets in val_batches(tokens, batch, seq_len):
+        if streams is not None:
+            inputs = np.ascontiguousarray(inputs[:, streams])
+            targets = np.ascontiguousarray(targets[:, streams])
         lp = scorer.log_probs(inputs, targets)
         total -= float(lp.sum())
         count += lp.size
-    return total / count if count else math.nan
+    return total, count
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,25 @@ class Workspace:
     """
 
     def __init__(
-        self, config: ModelConfig, steps: int, batch: int, dtype: type = np.float32, bands: int | None = None
+        self,
+        config: ModelConfig,
+        steps: int,
+        batch: int,
+        dtype: type = np.float32,
+        bands: int | None = None,
+        first_stream: int = 0,
+        all_streams: int | None = None,
     ):
         T, B, H, L = steps, batch, config.hidden, config.layers
         self.config, self.steps, self.batch, self.dtype = config, T, B, np.dtype(dtype)
+        # These B streams are first_stream .. first_stream+B-1 of the run's all_streams, for
+        # their dropout masks (data-parallel training: charlstm.distributed)
+        self.first_stream = first_stream
+        self.all_streams = B if all_streams is None else all_streams
+        if not 0 <= first_stream <= self.all_streams - B:
+            raise ValueError(
+                f"streams {first_stream}..{first_stream + B - 1} are not among {self.all_streams}"
+            )
         self.bands = default_bands(H) if bands is None else bands
         if self.bands < 1 or H % self.bands:
             raise ValueError(f"{H} hidden units cannot be cut into {self.bands} equal bands")
@@ -263,7 +278,14 @@ def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
         # of a step on two threads. The masks follow the generator's state, so resuming is exact.
         threshold = min(round(p * 65536), 65535)
         seed = int(dropout_rng.integers(0, 1 << 63))
-        kernels.dropout_masks(ws.masks_fm.reshape(-1), seed, threshold, 1.0 / (1.0 - p), ws.bands)
+        scale = 1.0 / (1.0 - p)
+        if ws.all_streams == ws.batch:
+            kernels.dropout_masks(ws.masks_fm.reshape(-1), seed, threshold, scale, ws.bands)
+        else:  # this rank's streams of a data-parallel run: their part of every rank's masks
+            masks = ws.masks_fm.reshape(-1, ws.batch)  # (L*H*T, B)
+            kernels.dropout_masks_of_streams(
+                masks, seed, threshold, scale, ws.all_streams, ws.first_stream, ws.bands
+            )
 
 
 def forward(
@@ -366,16 +388,21 @@ def _train_forward(
     ws.logits = tb.logits_T.T
 
 
-def _train_backward(params: Params, grads: Params, targets: np.ndarray, ws: Workspace) -> float:
-    """Loss of the last _train_forward against targets (T, B); gradients are *added* to grads.
-    Truncated BPTT: nothing flows into the state the window started from."""
+def _train_backward(
+    params: Params, grads: Params, targets: np.ndarray, ws: Workspace, characters: int
+) -> float:
+    """Loss of the last _train_forward against targets (T, B), summed and divided by
+    `characters`; gradients are *added* to grads. Truncated BPTT: nothing flows into the state
+    the window started from."""
     config = params.config
     T, B = targets.shape
     L, H, V = config.layers, config.hidden, config.vocab_size
     tb = ws._training()
     flat_targets = np.ascontiguousarray(targets).reshape(T * B)
     U = ws.bands
-    loss = kernels.softmax_cross_entropy_columns(tb.dlogits_T, grads["head.b"], tb.logits_T, flat_targets, U)
+    loss = kernels.softmax_cross_entropy_columns(
+        tb.dlogits_T, grads["head.b"], tb.logits_T, flat_targets, characters, U
+    )
     top = _train_output(ws, tb, L - 1)  # (H, T*B)
     kernels.add_weight_gradient(grads["head.W"], tb.dlogits_T, top, _transposed_gradient(tb, V, H), U)
     dh = tb.dh.reshape(H, T * B)
@@ -487,14 +514,16 @@ def loss_and_grad(
     c: np.ndarray,
     ws: Workspace,
     dropout_rng: np.random.Generator | None = None,
+    characters: int | None = None,
 ) -> float:
     """One window of truncated BPTT: zero grads, forward from (h, c) (advanced in place to the
     window's final state), backward. Returns the mean loss in nats per character; the logits
-    are left in ws.logits (T*B, V)."""
+    are left in ws.logits (T*B, V). With `characters`, loss and gradients are divided by it
+    instead of T*B: a data-parallel rank's share of the mean over every rank's streams."""
     grads.flat[:] = 0.0
     with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
-        return _train_backward(params, grads, targets, ws)
+        return _train_backward(params, grads, targets, ws, inputs.size if characters is None else characters)
 
 
 def training_forward(

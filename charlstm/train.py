@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
-from . import finetune, kernels
+from . import blas_threads, finetune, kernels
 from .checkpoint import MAX_LAYERS, MAX_PARAMS, MAX_WIDTH, Checkpoint, load_checkpoint, save_checkpoint
 from .data import BatchStream, Corpus, Vocab, load_corpus
+from .distributed import Alone, Group, GroupError, checksum
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
-from .evaluate import validation_loss
+from .evaluate import validation_loss, validation_shares, validation_sums
 from .metrics import MetricsLog, metrics_path_for
 from .model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
 from .schedule import learning_rate
@@ -280,6 +282,7 @@ def train(
     resume: Path | str | None = None,
     init_from: Path | str | None = None,
     hooks: Hooks | None = None,
+    group: Alone | Group | None = None,
 ) -> TrainResult:
     """Train on the UTF-8 files `corpus` (or, when resuming, the saved ones if None).
 
@@ -291,13 +294,26 @@ def train(
     FINETUNE_DEFAULTS under `given`, and fresh optimizer moments and schedule. Raises
     CharLSTMError subclasses for bad input and TrainingDivergedError when the loss or gradient
     stops being finite.
+
+    `group` (charlstm.distributed) makes this process one rank of a data-parallel run: it
+    trains its share of the B streams, the gradient is summed over the ranks at every step,
+    and only rank 0 writes checkpoints and the metrics log, in the single-process layout.
     """
-    run = _Run(hooks or Hooks())
+    run = _Run(hooks or Hooks(), group or Alone())
     try:
         run.setup(corpus, dict(given or {}), out, resume, init_from)
         return run.loop()
     finally:
         run.close()
+
+
+def _columns(window: np.ndarray, streams: slice) -> np.ndarray:
+    """A window's (T, B) columns of these streams, contiguous."""
+    return (
+        window
+        if streams.stop - streams.start == window.shape[1]
+        else np.ascontiguousarray(window[:, streams])
+    )
 
 
 def _state_str(value: Any) -> np.ndarray:
@@ -369,30 +385,47 @@ def _check_size(config: ModelConfig, T: int, B: int) -> None:
         )
 
 
-def _warm_up(config: ModelConfig) -> None:
+def _warm_up(config: ModelConfig, shared: bool = False) -> None:
     """Compile every kernel a run uses on a 2-unit copy of the model, so the JIT's seconds are
-    not taken from a --minutes budget (Numba compiles per dtype and layout, not per size)."""
+    not taken from a --minutes budget (Numba compiles per dtype and layout, not per size);
+    `shared`: those of a rank of a data-parallel run too."""
     tiny = dataclasses.replace(config, hidden=2, embed=min(config.embed, 2))
     params = init_params(tiny, np.random.default_rng(0), np.float32)
     grads = Params.zeros(tiny, np.float32)
     h, c = zero_state(tiny, 2)
     window = np.zeros((3, 2), dtype=np.int64)  # (T+1, B), sliced as BatchStream does
-    ws = Workspace(tiny, 2, 2)
+    ws = Workspace(tiny, 2, 2, first_stream=2 if shared else 0, all_streams=4 if shared else None)
     loss_and_grad(params, grads, window[:-1], window[1:], h, c, ws, np.random.default_rng(0))
     kernels.clip_grad_norm(grads.flat, 1.0)
     m, v = np.zeros_like(grads.flat), np.zeros_like(grads.flat)
     kernels.adam_step(params.flat, m, v, grads.flat, params.decay_mask(), 1, 1e-3, 0.9, 0.99, 1e-8, 0.0)
     validation_loss(params, np.zeros(8, dtype=np.uint8), batch=2, seq_len=2)
     validation_loss(params, np.zeros(8, dtype=np.uint8), batch=2, training=ws)
+    if shared:
+        validation_sums(
+            params, np.zeros(8, dtype=np.uint8), batch=4, seq_len=2, training=ws, streams=slice(2, 4)
+        )
+
+
+class _NoMetrics:
+    """The metrics log of a rank other than 0: only rank 0 writes one."""
+
+    path = None
+
+    def step(self, *values: float) -> None: ...
+    def validation(self, *values: float) -> None: ...
+    def close(self) -> None: ...
 
 
 class _Run:
-    def __init__(self, hooks: Hooks) -> None:
+    def __init__(self, hooks: Hooks, group: Alone | Group) -> None:
         self.hooks = hooks
+        self.group = group
         self.p = _Progress()
         self.last_saved_step = -1  # step of the state in `.last.npz`; -1 before the first write
         self.out_written = False  # `out` holds this run's best weights
-        self.metrics: MetricsLog | None = None  # opened at the end of setup
+        self.metrics: MetricsLog | _NoMetrics | None = None  # opened at the end of setup
+        self.clock = 0.0  # seconds of the run at the last step's exchange: rank 0's clock
 
     def _notice(self, message: str) -> None:
         if self.hooks.notice is not None:
@@ -408,7 +441,26 @@ class _Run:
         resume: Path | str | None,
         init_from: Path | str | None = None,
     ) -> None:
+        """Everything before the first step. Each rank does it on its own (a bad option or
+        file stops every rank together: distributed.Group.together), then takes rank 0's
+        weights."""
+        if self.group.size > 1:
+            self._share_the_cores()
+        self.group.together(lambda: self._setup(corpus, given, out, resume, init_from))
+        self.group.broadcast(self.params.flat)
+        if self.average is not None:
+            self.group.broadcast(self.average.flat)
+
+    def _setup(
+        self,
+        corpus: Sequence[Path | str] | None,
+        given: dict[str, Any],
+        out: Path | str | None,
+        resume: Path | str | None,
+        init_from: Path | str | None,
+    ) -> None:
         ckpt = source = None
+        group = self.group
         if resume is not None and init_from is not None:
             raise ConfigError("give --resume or --init-from, not both (a resumed run keeps its start)")
         if resume is not None:
@@ -433,13 +485,15 @@ class _Run:
                 out = default_out_path(corpus)
         for message in notices:
             self._notice(message)
+        group.streams(options.batch_size)  # divides among the ranks, before any work
 
         self.options = options
         self.out = Path(out)
         if self.out.name.endswith(".last.npz"):
             raise ConfigError(f"--out {self.out}: that name is reserved for the training state")
         self.last = last_path_for(self.out)
-        _check_writable(self.out)  # before minutes of encoding and training, not after
+        if group.is_root:
+            _check_writable(self.out)  # before minutes of encoding and training, not after
         if resume is not None and Path(resume).resolve() == self.out.resolve():
             raise ConfigError("--out must not be the checkpoint being resumed")
         if source is not None and source.path.resolve() in (self.out.resolve(), self.last.resolve()):
@@ -467,7 +521,9 @@ class _Run:
 
         config = options.model_config(self.vocab.size)
         B, T = self.stream.batch, self.stream.seq_len
-        _check_size(config, T, B)
+        self.mine = group.streams(B)  # this rank's streams (all of them when alone)
+        share = self.mine.stop - self.mine.start
+        _check_size(config, T, share)
         self.dropout_rng = np.random.default_rng(seeds[1])
         try:
             if ckpt is not None:
@@ -479,11 +535,11 @@ class _Run:
                     self.params = init_params(config, np.random.default_rng(seeds[0]), np.float32)
                 self.m = np.zeros_like(self.params.flat)  # Adam moments (P,)
                 self.v = np.zeros_like(self.params.flat)
-                self.h, self.c = zero_state(config, B)  # (L, B, H) carried across windows
+                self.h, self.c = zero_state(config, share)  # (L, B, H) carried across windows
             self._start_average(ckpt)
-            self.grads = Params.zeros(config, np.float32)
+            self.grads = Params(config, group.gradient_buffer(config.n_params))  # summed over ranks
             self.decay_mask = self.params.decay_mask()
-            self.ws = Workspace(config, T, B)
+            self.ws = Workspace(config, T, share, first_stream=self.mine.start, all_streams=B)
         except MemoryError:
             raise ConfigError(
                 f"not enough memory for a {config.layers}x{config.hidden} model with batch {B} x window {T} "
@@ -499,11 +555,23 @@ class _Run:
         else:
             self.total_steps = None
         self.budget_seconds = None if o.minutes is None else o.minutes * 60.0
-        _warm_up(config)
-        if ckpt is None:
+        # validation: this rank's share of the streams (None: all, as one process does)
+        self.val_share = (
+            None if group.size == 1 else validation_shares(self.val_tokens, group.size, T)[group.rank]
+        )
+        _warm_up(config, shared=group.size > 1)
+        if not group.is_root:
+            self.metrics = _NoMetrics()
+        elif ckpt is None:
             self.metrics = MetricsLog(metrics_path_for(self.out))
         else:  # the resumed run's log, carried over when --out moves the run
             self.metrics = MetricsLog(metrics_path_for(self.out), self.p.step, metrics_path_for(ckpt.path))
+
+    def _share_the_cores(self) -> None:
+        """Numba's and BLAS's threads: this machine's cores over its ranks (never more)."""
+        threads = min(self.group.threads(), numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(threads)
+        blas_threads.set_to(threads)
 
     @staticmethod
     def _finetune_options(source: Checkpoint, given: dict[str, Any]) -> dict[str, Any]:
@@ -587,7 +655,9 @@ class _Run:
         P = self.params.flat.size
         shape = (config.layers, self.stream.batch, config.hidden)
         self.m, self.v = _state_array(ckpt, "m", (P,)), _state_array(ckpt, "v", (P,))
-        self.h, self.c = _state_array(ckpt, "h", shape), _state_array(ckpt, "c", shape)
+        # the carried state of this rank's streams, whatever number of ranks wrote it
+        self.h = np.ascontiguousarray(_state_array(ckpt, "h", shape)[:, self.mine])
+        self.c = np.ascontiguousarray(_state_array(ckpt, "c", shape)[:, self.mine])
         self.stream.restore(_read_state_str(state, "data", path))
         try:
             self.dropout_rng.bit_generator.state = _read_state_str(state, "rng", path)["dropout"]
@@ -614,16 +684,22 @@ class _Run:
         self.session_steps = 0
         self.session_chars = 0
         self.session_train_seconds = 0.0
+        self.clock = p.elapsed
         interrupted = False
         if self._budget_spent():
             self._notice(f"already at step {p.step:,}, the end of its budget: nothing to train")
         while not self._budget_spent():
-            if self.hooks.should_stop is not None and self.hooks.should_stop():
+            requested = self.hooks.should_stop is not None and self.hooks.should_stop()
+            if requested and self.group.size == 1:  # alone, a stop asked for needs no agreement
                 interrupted = True
                 break
-            self._step()
+            # with ranks, the request goes with this step's gradient: all stop after it
+            stop = self._step(requested)
             if p.step % o.eval_every == 0:
                 self._evaluate()
+            if stop:
+                interrupted = True
+                break
         if interrupted:
             if p.step > 0 and p.step != self.last_saved_step:
                 if not np.isfinite(self.params.flat).all():
@@ -637,10 +713,12 @@ class _Run:
         return self.elapsed_before + (time.perf_counter() - self.session_start)
 
     def _budget_spent(self) -> bool:
+        """Whether the budget is used up; a time budget by the clock of the last step's
+        exchange, so that every rank decides alike."""
         if self.total_steps is not None:
             return self.p.step >= self.total_steps
         assert self.budget_seconds is not None
-        return self._elapsed() >= self.budget_seconds
+        return self.clock >= self.budget_seconds
 
     def _fraction(self) -> float:
         if self.total_steps is not None:
@@ -648,25 +726,31 @@ class _Run:
         assert self.budget_seconds is not None
         return min(1.0, self._elapsed() / self.budget_seconds)
 
-    def _step(self) -> None:
+    def _step(self, stop_requested: bool = False) -> bool:
+        """One optimizer step. Returns whether any rank asked to stop (`stop_requested`)."""
         o, p = self.options, self.p
         started = time.perf_counter()
         k = p.step + 1  # the step being taken, 1-based (Adam's bias correction needs it)
-        # the schedule's progress is taken before the step: step 1 runs at the peak of the cosine
-        if self.total_steps is not None:
-            progress = p.step / self.total_steps
-        else:
-            assert self.budget_seconds is not None
-            progress = self._elapsed() / self.budget_seconds
-        lr = learning_rate(k, progress, peak=o.lr, floor=o.floor_lr, warmup=o.warmup)
-
         inputs, targets, reset = self.stream.next_batch()  # (T, B) each
         if reset:  # an epoch starts: the streams jump back to their segment starts
             self.h.fill(0.0)
             self.c.fill(0.0)
-        loss = loss_and_grad(
-            self.params, self.grads, inputs, targets, self.h, self.c, self.ws, self.dropout_rng
-        )
+        loss_share = loss_and_grad(
+            self.params, self.grads, _columns(inputs, self.mine), _columns(targets, self.mine),
+            self.h, self.c, self.ws, self.dropout_rng, characters=inputs.size,
+        )  # fmt: skip
+        # The step's one exchange: the gradient summed over the ranks and, beside it, the loss
+        # (each rank's share of the mean), any stop request, and rank 0's clock
+        clock = self._elapsed() if self.group.is_root else 0.0
+        sent = np.array([loss_share, float(stop_requested), clock])
+        loss, stops, self.clock = self.group.exchange(self.grads.flat, sent)
+        # the schedule's progress is the run's before this step: step 1 runs at the peak of the cosine
+        if self.total_steps is not None:
+            progress = p.step / self.total_steps
+        else:
+            assert self.budget_seconds is not None
+            progress = self.clock / self.budget_seconds
+        lr = learning_rate(k, progress, peak=o.lr, floor=o.floor_lr, warmup=o.warmup)
         norm = kernels.clip_grad_norm(self.grads.flat, o.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)) or loss > self.loss_limit:
             self._diverged(k, f"loss {loss:.4g} nats/char, gradient norm {norm:.4g}")
@@ -691,6 +775,7 @@ class _Run:
         self.metrics.step(k, p.elapsed, lr, info.smoothed_loss, norm, info.chars_per_s)
         if self.hooks.step is not None:
             self.hooks.step(info)
+        return stops > 0
 
     def _smoothed(self) -> float:
         if self.p.step == 0:
@@ -739,7 +824,8 @@ class _Run:
         # the last step's update is only seen by the next loss: check it before anything is saved
         if not np.isfinite(self.params.flat).all():
             self._diverged(p.step, "the weights hold NaN or infinite values")
-        val = validation_loss(self._weights(), self.val_tokens, training=self.ws)
+        self._check_replicas()
+        val = self._validation_loss()
         seconds = time.perf_counter() - started
         has_val = len(self.val_tokens) >= 2
         if has_val and not math.isfinite(val):
@@ -775,6 +861,33 @@ class _Run:
             )
             self.hooks.evaluation(info)
 
+    def _validation_loss(self) -> float:
+        """The validation loss, each rank scoring its share of the streams (alone: all)."""
+        if self.val_share is None:
+            total, count = validation_sums(self._weights(), self.val_tokens, training=self.ws)
+        else:
+            total, count = validation_sums(
+                self._weights(),
+                self.val_tokens,
+                seq_len=self.ws.steps,
+                training=self.ws,
+                streams=self.val_share,
+            )
+        total, count = self.group.sum([total, count])
+        return total / count if count else math.nan
+
+    def _check_replicas(self) -> None:
+        """Stop every rank if any holds other weights or optimizer state than rank 0."""
+        state = [self.params.flat, self.m, self.v] + ([] if self.average is None else [self.average.flat])
+        sums = self.group.all_values(checksum(state))
+        differ = [rank for rank, value in enumerate(sums) if value != sums[0]]
+        if differ:
+            raise GroupError(
+                f"at step {self.p.step:,} the weights of rank(s) {', '.join(map(str, differ))} differ "
+                f"from rank 0's (checksums {sums[differ[0]]:08x} and {sums[0]:08x}); "
+                f"the last state saved is {self.last}"
+            )
+
     # -- checkpoints
 
     def _config(self) -> dict[str, Any]:
@@ -797,19 +910,25 @@ class _Run:
         }
 
     def _save(self, best: bool) -> Path:
-        """Write the best weights (`out`) or the full state (`.last.npz`), atomically."""
+        """Write the best weights (`out`) or the full state (`.last.npz`), atomically; rank 0
+        only, the carried state gathered from every rank in stream order."""
         if best:
-            path = save_checkpoint(self.out, self._weights(), self.vocab, self._config())
+            if self.group.is_root:
+                save_checkpoint(self.out, self._weights(), self.vocab, self._config())
             self.out_written = True
-            return path
+            return self.out
+        h, c = self.group.gather_streams(self.h), self.group.gather_streams(self.c)  # (L, B, H)
+        if not self.group.is_root:
+            self.last_saved_step = self.p.step
+            return self.last
         p = self.p
         p.elapsed = self._elapsed()
         state = {
             "version": np.array(STATE_VERSION, dtype=np.int64),
             "m": self.m,
             "v": self.v,
-            "h": self.h,
-            "c": self.c,
+            "h": h,
+            "c": c,
             "rng": _state_str({"dropout": self.dropout_rng.bit_generator.state}),
             "data": _state_str(self.stream.state()),
             "counters": _state_str(dataclasses.asdict(p)),

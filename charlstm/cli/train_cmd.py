@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 import shlex
 import signal
+import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +23,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from .. import distributed
 from ..errors import CharLSTMError
 from ..metrics import MetricsError, read_curves
 from ..train import (
@@ -138,7 +142,9 @@ def train_command(
         bool, typer.Option("--preview", help="Show a short sample after each validation.")
     ] = False,
 ) -> None:
-    """Train a character-level LSTM on text files (Ctrl-C saves the state; --resume continues)."""
+    """Train a character-level LSTM on text files (Ctrl-C saves the state; --resume continues).
+
+    Under mpiexec, each process trains its share of the batch (data parallel, charlstm[mpi])."""
     given = {
         "layers": layers,
         "hidden": hidden,
@@ -160,6 +166,21 @@ def train_command(
         "random_seed": random_seed,
     }
     console = stderr_console()
+    group = _connect()
+    if not group.is_root:  # the other ranks of a data-parallel run print only their errors
+        with _StopOnInterrupt(console, quiet=True) as stop, _as_a_rank(group):
+            result = train(
+                files,
+                given,
+                out=out,
+                resume=resume,
+                init_from=init_from,
+                hooks=Hooks(should_stop=stop),
+                group=group,
+            )
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
     display: _Display = _RichDisplay(console) if console.is_terminal else _PlainDisplay(console)
     stop = _StopOnInterrupt(console)
     hooks = Hooks(
@@ -169,10 +190,14 @@ def train_command(
         evaluation=_with_preview(display.evaluation, console) if preview else display.evaluation,
         should_stop=stop,
     )
+    if group.size > 1:
+        display.notice(f"data parallel over {group.size} processes: {_share(given, group.size)}")
     planned_last = _planned_last(files, out, resume)
     try:
-        with stop:
-            result = train(files, given, out=out, resume=resume, init_from=init_from, hooks=hooks)
+        with stop, _as_a_rank(group, display.close):
+            result = train(
+                files, given, out=out, resume=resume, init_from=init_from, hooks=hooks, group=group
+            )
     except KeyboardInterrupt:
         display.close()
         if planned_last is not None and planned_last.exists():
@@ -193,6 +218,58 @@ def train_command(
             _say(console, f"interrupted at step {result.step:,}: state saved to {result.last}")
             _say(console, f"resume with: charlstm train --resume {shlex.quote(str(result.last))}")
         raise typer.Exit(130)
+
+
+def _connect() -> distributed.Alone | distributed.Group:
+    """This process's group; the missing mpi extra is told once, by rank 0."""
+    try:
+        return distributed.connect()
+    except CharLSTMError:
+        if distributed.launched_rank() not in (None, 0):
+            raise typer.Exit(1) from None
+        raise
+
+
+def _share(given: dict, ranks: int) -> str:
+    batch = given.get("batch_size") or D.batch_size
+    return f"{batch // ranks} of the {batch} streams each" if batch % ranks == 0 else f"batch {batch}"
+
+
+@contextmanager
+def _as_a_rank(
+    group: distributed.Alone | distributed.Group, close: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+    """How a rank of a data-parallel run ends on an error: an error every rank met together
+    is told by rank 0 and all exit 1; any other is printed (with the rank), then the whole job
+    is aborted, so that no rank waits for this one at the next exchange. Alone: unchanged."""
+    if group.size == 1:
+        yield
+        return
+    try:
+        yield
+    except CharLSTMError as exc:
+        close()
+        if group.is_root or not exc.every_rank:
+            prefix = "" if group.is_root else f"rank {group.rank}: "
+            print(f"{prefix}error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        if exc.every_rank:
+            raise typer.Exit(1) from None
+        group.abort(1)
+    except KeyboardInterrupt:
+        close()
+        if group.is_root:
+            print(
+                "aborted by a second Ctrl-C: every write is atomic, nothing is half-written",
+                file=sys.stderr,
+                flush=True,
+            )
+        group.abort(130)
+    except Exception:
+        close()
+        for line in traceback.format_exc().splitlines():
+            print(f"rank {group.rank}: {line}", file=sys.stderr)
+        sys.stderr.flush()
+        group.abort(1)
 
 
 def _print_curves(console: Console, path: Path) -> None:
@@ -219,33 +296,41 @@ def _planned_last(files: list[Path] | None, out: Path | None, resume: Path | Non
     return last_path_for(default_out_path(files)) if files else None
 
 
-class _StopOnInterrupt:
-    """First Ctrl-C: ask the loop to stop after the current step (it then saves and exits).
-    Second Ctrl-C: Python's default handler, i.e. KeyboardInterrupt at once; every write is
-    atomic, so that loses at most the steps since the last save and corrupts nothing."""
+# The signals that stop a run cleanly: Ctrl-C, `kill`, and SIGUSR1 (Open MPI's mpiexec turns
+# Ctrl-C into SIGTERM then SIGKILL 0.5 s later: SIGUSR1 is the stop it lets finish).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self, console: Console) -> None:
+
+class _StopOnInterrupt:
+    """First Ctrl-C (or SIGTERM, SIGUSR1): ask the loop to stop after the current step (it
+    then saves and exits 130). A second Ctrl-C: Python's default handler, i.e.
+    KeyboardInterrupt at once (a second SIGTERM: the default, death); every write is atomic,
+    so that loses at most the steps since the last save and corrupts nothing."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console
         self.requested = False
-        self.announced = False
-        self.previous = None
-        self.installed = False
+        self.announced = quiet
+        self.previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        elif signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def __enter__(self) -> _StopOnInterrupt:
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
-        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave the signals as they are
             pass
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def __call__(self) -> bool:
         if self.requested and not self.announced:

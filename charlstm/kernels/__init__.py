@@ -19,6 +19,7 @@ from .inspection import gate_stats_add, lstm_forward_stream, tanh_rows
 from .layouts import (
     apply_dropout,
     dropout_masks,
+    dropout_masks_of_streams,
     gather_rows,
     pack_bands,
     pack_into_bands,
@@ -44,8 +45,8 @@ from .sampling import embed_projection, generate_steps, generate_steps_parallel,
 
 __all__ = [
     "add_column_vector", "add_row_vector", "add_weight_gradient", "adam_step", "apply_dropout",
-    "average_step", "clip_grad_norm", "dropout_masks", "embed_projection", "exp", "gate_stats_add",
-    "gather_rows",
+    "average_step", "clip_grad_norm", "dropout_masks", "dropout_masks_of_streams", "embed_projection",
+    "exp", "gate_stats_add", "gather_rows",
     "generate_steps", "generate_steps_parallel", "global_norm", "lstm_forward", "lstm_forward_stream",
     "lstm_step", "lstm_train_backward", "lstm_train_forward", "matmul", "matmul_add", "matmul_rows",
     "pack_bands", "pack_into_bands", "pack_rows", "sample_tokens", "sigmoid", "softmax_cross_entropy",

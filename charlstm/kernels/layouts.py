@@ -160,6 +160,27 @@ def dropout_masks(out, seed, threshold, scale, threads):
         out[4 * quads :] = tail[: N % 4]
 
 
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def dropout_masks_of_streams(out, seed, threshold, scale, streams, first, threads):
+    """out (R, b): the columns first .. first+b-1 of dropout_masks over (R, streams), the
+    masks of b of the streams, drawn alone: in data-parallel training each rank draws its
+    streams' part, and stream s gets the same masks whatever the number of ranks."""
+    R, b = out.shape
+    zero, keep = out.dtype.type(0.0), out.dtype.type(scale)
+    bound = np.uint64(threshold)
+    for part in prange(threads):
+        bits = np.uint64(0)
+        for r in range(part * R // threads, (part + 1) * R // threads):
+            for j in range(b):
+                n = r * streams + first + j  # the unit's place in the masks of all streams
+                lane = n % 4
+                if j == 0 or lane == 0:
+                    q = n // 4
+                    bits = _splitmix64(np.uint64(seed) + np.uint64(q + 1) * np.uint64(0x9E3779B97F4A7C15))
+                sixteen = (bits >> np.uint64(16 * lane)) & np.uint64(0xFFFF)
+                out[r, j] = keep if sixteen >= bound else zero
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def _mask_quads(out, seed, threshold, scale, lo, hi, offset=0):
     """out[4q + offset : 4q + offset + 4] for q in lo .. hi-1 from the hash of (seed, q)."""

@@ -36,27 +36,28 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def softmax_cross_entropy_columns(dlogits, dbias, logits, targets, threads):
-    """softmax_cross_entropy for logits stored (V, N), one column per character: the same
-    mean loss and gradient (V, N), with the inner loops running along N (vectorised), in
-    `threads` bands of columns, whose sums are added in a fixed order. The gradient's row
-    sums, that of the bias added to every column, are added into dbias (V,) on the way."""
+def softmax_cross_entropy_columns(dlogits, dbias, logits, targets, count, threads):
+    """softmax_cross_entropy for logits stored (V, N), one column per character: the summed
+    loss and its gradient (V, N) divided by `count` (N, or in data-parallel training the B·T
+    of all ranks, whose shares then add up to the mean), with the inner loops running along
+    N (vectorised), in `threads` bands of columns, whose sums are added in a fixed order. The
+    gradient's row sums, that of the bias added to every column, are added into dbias (V,)."""
     V, N = logits.shape
     sums = np.zeros(threads, dtype=np.float64)
     row_sums = np.zeros((threads, V), dtype=np.float64)
     for p in prange(threads):
         lo, hi = p * N // threads, (p + 1) * N // threads
-        sums[p] = _cross_entropy_band(dlogits, row_sums[p], logits, targets, lo, hi)
+        sums[p] = _cross_entropy_band(dlogits, row_sums[p], logits, targets, lo, hi, count)
     for k in range(V):
         total = 0.0
         for p in range(threads):
             total += row_sums[p, k]
         dbias[k] += total
-    return sums.sum() / N
+    return sums.sum() / count
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
+def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi, count):
     """The columns lo .. hi-1 of softmax_cross_entropy_columns: their gradient, its row sums
     in row_sums (V,), and their summed (not yet averaged) loss as the return value."""
     V, N = logits.shape
@@ -77,7 +78,7 @@ def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
     total = 0.0
     for n in range(hi - lo):
         total += math.log(s[n]) + m[n] - logits[targets[lo + n], lo + n]
-        s[n] = 1.0 / (s[n] * N)
+        s[n] = 1.0 / (s[n] * count)
     lanes = 16  # running sums across the row that vectorise; 16 on every ISA: the same sums
     acc = np.empty(lanes, dtype=dlogits.dtype)
     whole = (hi - lo) // lanes * lanes
@@ -97,8 +98,8 @@ def _cross_entropy_band(dlogits, row_sums, logits, targets, lo, hi):
             total_k += acc[i]
         row_sums[k] = total_k
     for n in range(lo, hi):
-        dlogits[targets[n], n] -= 1.0 / N
-        row_sums[targets[n]] -= 1.0 / N
+        dlogits[targets[n], n] -= 1.0 / count
+        row_sums[targets[n]] -= 1.0 / count
     return total
 
 
