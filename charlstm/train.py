@@ -523,6 +523,8 @@ class _Run:
         B, T = self.stream.batch, self.stream.seq_len
         self.mine = group.streams(B)  # this rank's streams (all of them when alone)
         share = self.mine.stop - self.mine.start
+        if group.size > 1:
+            self._notice(f"data parallel over {group.size} processes: {share} of the {B} streams each")
         _check_size(config, T, share)
         self.dropout_rng = np.random.default_rng(seeds[1])
         try:

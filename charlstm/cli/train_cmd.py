@@ -190,8 +190,6 @@ def train_command(
         evaluation=_with_preview(display.evaluation, console) if preview else display.evaluation,
         should_stop=stop,
     )
-    if group.size > 1:
-        display.notice(f"data parallel over {group.size} processes: {_share(given, group.size)}")
     planned_last = _planned_last(files, out, resume)
     try:
         with stop, _as_a_rank(group, display.close):
@@ -228,11 +226,6 @@ def _connect() -> distributed.Alone | distributed.Group:
         if distributed.launched_rank() not in (None, 0):
             raise typer.Exit(1) from None
         raise
-
-
-def _share(given: dict, ranks: int) -> str:
-    batch = given.get("batch_size") or D.batch_size
-    return f"{batch // ranks} of the {batch} streams each" if batch % ranks == 0 else f"batch {batch}"
 
 
 @contextmanager
