@@ -22,7 +22,7 @@ import pytest
 from charlstm import distributed, kernels
 from charlstm.checkpoint import load_checkpoint
 from charlstm.evaluate import validation_loss, validation_shares, validation_sums
-from charlstm.model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
+from charlstm.model import ModelConfig, Params, Workspace, init_params, loss_and_grad
 
 WORKER = Path(__file__).with_name("mpi_worker.py")
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -107,7 +107,10 @@ def test_alone_without_a_launcher_and_mpi4py_never_imported():
     assert distributed.launched_size({"PMI_SIZE": "4"}) == 4
     assert distributed.launched_size({"OMPI_COMM_WORLD_SIZE": "3"}) == 3
     env = {k: v for k, v in os.environ.items() if k not in distributed.SIZE_VARIABLES}
-    code = "import sys; from charlstm import distributed as d; g = d.connect(); print(type(g).__name__, 'mpi4py' in sys.modules)"
+    code = (
+        "import sys; from charlstm import distributed as d; "
+        "print(type(d.connect()).__name__, 'mpi4py' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["Alone", "False"]
     alone = distributed.Alone()
@@ -127,7 +130,8 @@ def test_started_by_mpiexec_without_mpi4py_is_one_line_naming_the_extra(tmp_path
     for rank, expected in (
         (
             "0",
-            'error: started by mpiexec as one of 2 processes, but mpi4py is not installed (pip install "charlstm[mpi]")',
+            "error: started by mpiexec as one of 2 processes, but mpi4py is not installed "
+            '(pip install "charlstm[mpi]")',
         ),
         ("1", ""),
     ):
