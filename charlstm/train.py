@@ -745,7 +745,7 @@ class _Run:
         # (each rank's share of the mean), any stop request, and rank 0's clock
         clock = self._elapsed() if self.group.is_root else 0.0
         sent = np.array([loss_share, float(stop_requested), clock])
-        loss, stops, self.clock = self.group.exchange(self.grads.flat, sent)
+        loss, stops, self.clock = (float(x) for x in self.group.exchange(self.grads.flat, sent))
         # the schedule's progress is the run's before this step: step 1 runs at the peak of the cosine
         if self.total_steps is not None:
             progress = p.step / self.total_steps
