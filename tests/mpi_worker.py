@@ -2,9 +2,10 @@
 
     python tests/mpi_worker.py FAULT STEP [charlstm arguments...]
 
-FAULT is `none`; `raise` (rank 1 raises inside step STEP); `corrupt` (rank 1 nudges one weight
-by one ulp after step STEP, as a silent memory error would); or `signal` (rank 0 sends itself
-SIGUSR1 after step STEP: a clean stop requested at a known step).
+FAULT is `none`; `raise` (rank 1 raises inside step STEP); `kill` (rank 1 dies of SIGKILL
+inside step STEP); `corrupt` (rank 1 nudges one weight by one ulp after step STEP, as a silent
+memory error would); or `signal` (rank 0 sends itself SIGUSR1 after step STEP: a clean stop
+requested at a known step).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def main() -> None:
     original = training._Run._step
 
     def step(self: training._Run, *args: object, **kwargs: object) -> bool:
-        if fault == "raise" and rank == 1 and self.p.step + 1 == at:
-            raise RuntimeError("a fault put in by the test")
+        if rank == 1 and self.p.step + 1 == at:
+            if fault == "raise":
+                raise RuntimeError("a fault put in by the test")
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
         stop = original(self, *args, **kwargs)
         if self.p.step == at:
             if fault == "corrupt" and rank == 1:

@@ -271,6 +271,19 @@ def test_a_failing_rank_ends_the_job_and_the_last_state_loads(runs, tmp_path):
 
 
 @needs_mpi
+def test_a_rank_killed_ends_the_job_and_the_run_resumes(runs, tmp_path):
+    corpus, results = runs
+    started = time.monotonic()
+    killed = _train(2, corpus, tmp_path / "m.npz", "--eval-every", 4, fault="kill", at=11, timeout=60)
+    assert time.monotonic() - started < 30 and killed.returncode != 0
+    ckpt = load_checkpoint(tmp_path / "m.last.npz", with_train_state=True)  # whole
+    assert json.loads(str(ckpt.train_state["counters"][()]))["step"] in (4, 8)
+    resumed = _charlstm(2, "train", "--resume", tmp_path / "m.last.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_close(_state(tmp_path / "m.last.npz"), _state(results["alone"][1]))  # the same run
+
+
+@needs_mpi
 def test_sigint_to_mpiexec_saves_a_state_that_resumes(runs, tmp_path):
     corpus, _ = runs
     args = [
