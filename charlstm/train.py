@@ -880,6 +880,8 @@ class _Run:
 
     def _check_replicas(self) -> None:
         """Stop every rank if any holds other weights or optimizer state than rank 0."""
+        if self.group.size == 1:
+            return
         state = [self.params.flat, self.m, self.v] + ([] if self.average is None else [self.average.flat])
         sums = self.group.all_values(checksum(state))
         differ = [rank for rank, value in enumerate(sums) if value != sums[0]]

@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 import shlex
 import signal
-import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +20,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from .. import distributed
 from ..errors import CharLSTMError
 from ..metrics import MetricsError, read_curves
 from ..train import (
@@ -36,6 +32,7 @@ from ..train import (
     last_path_for,
     train,
 )
+from . import ranks
 from .app import app
 from .common import print_curves, stderr_console
 
@@ -166,33 +163,24 @@ def train_command(
         "random_seed": random_seed,
     }
     console = stderr_console()
-    group = _connect()
+    group = ranks.connect()
+    display: _Display
     if not group.is_root:  # the other ranks of a data-parallel run print only their errors
-        with _StopOnInterrupt(console, quiet=True) as stop, _as_a_rank(group):
-            result = train(
-                files,
-                given,
-                out=out,
-                resume=resume,
-                init_from=init_from,
-                hooks=Hooks(should_stop=stop),
-                group=group,
-            )
-        if result.interrupted:
-            raise typer.Exit(130)
-        return
-    display: _Display = _RichDisplay(console) if console.is_terminal else _PlainDisplay(console)
-    stop = _StopOnInterrupt(console)
-    hooks = Hooks(
-        notice=display.notice,
-        load_progress=display.load_progress,
-        step=display.step,
-        evaluation=_with_preview(display.evaluation, console) if preview else display.evaluation,
-        should_stop=stop,
-    )
+        display, stop = _Display(), _StopOnInterrupt(console, quiet=True)
+        hooks = Hooks(should_stop=stop)
+    else:
+        display = _RichDisplay(console) if console.is_terminal else _PlainDisplay(console)
+        stop = _StopOnInterrupt(console)
+        hooks = Hooks(
+            notice=display.notice,
+            load_progress=display.load_progress,
+            step=display.step,
+            evaluation=_with_preview(display.evaluation, console) if preview else display.evaluation,
+            should_stop=stop,
+        )
     planned_last = _planned_last(files, out, resume)
     try:
-        with stop, _as_a_rank(group, display.close):
+        with stop, ranks.ending_together(group, display.close):
             result = train(
                 files, given, out=out, resume=resume, init_from=init_from, hooks=hooks, group=group
             )
@@ -206,6 +194,10 @@ def train_command(
         raise typer.Exit(130) from None
     finally:
         display.close()
+    if not group.is_root:
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
     _print_summary(console, result)
     if console.is_terminal and result.metrics is not None:
         _print_curves(console, result.metrics)
@@ -216,53 +208,6 @@ def train_command(
             _say(console, f"interrupted at step {result.step:,}: state saved to {result.last}")
             _say(console, f"resume with: charlstm train --resume {shlex.quote(str(result.last))}")
         raise typer.Exit(130)
-
-
-def _connect() -> distributed.Alone | distributed.Group:
-    """This process's group; the missing mpi extra is told once, by rank 0."""
-    try:
-        return distributed.connect()
-    except CharLSTMError:
-        if distributed.launched_rank() not in (None, 0):
-            raise typer.Exit(1) from None
-        raise
-
-
-@contextmanager
-def _as_a_rank(
-    group: distributed.Alone | distributed.Group, close: Callable[[], None] = lambda: None
-) -> Iterator[None]:
-    """How a rank of a data-parallel run ends on an error: an error every rank met together
-    is told by rank 0 and all exit 1; any other is printed (with the rank), then the whole job
-    is aborted, so that no rank waits for this one at the next exchange. Alone: unchanged."""
-    if group.size == 1:
-        yield
-        return
-    try:
-        yield
-    except CharLSTMError as exc:
-        close()
-        if group.is_root or not exc.every_rank:
-            prefix = "" if group.is_root else f"rank {group.rank}: "
-            print(f"{prefix}error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        if exc.every_rank:
-            raise typer.Exit(1) from None
-        group.abort(1)
-    except KeyboardInterrupt:
-        close()
-        if group.is_root:
-            print(
-                "aborted by a second Ctrl-C: every write is atomic, nothing is half-written",
-                file=sys.stderr,
-                flush=True,
-            )
-        group.abort(130)
-    except Exception:
-        close()
-        for line in traceback.format_exc().splitlines():
-            print(f"rank {group.rank}: {line}", file=sys.stderr)
-        sys.stderr.flush()
-        group.abort(1)
 
 
 def _print_curves(console: Console, path: Path) -> None:

@@ -1,0 +1,62 @@
+"""How a rank of a data-parallel run (charlstm.distributed) starts and ends in the CLI: the
+missing `mpi` extra told once, and an error told by the rank that met it, then the job ended
+so that no rank waits at the next exchange for one that is gone.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import typer
+
+from .. import distributed
+from ..errors import CharLSTMError
+
+
+def connect() -> distributed.Alone | distributed.Group:
+    """This process's group; the missing mpi extra is told once, by rank 0."""
+    try:
+        return distributed.connect()
+    except CharLSTMError:
+        if distributed.launched_rank() not in (None, 0):
+            raise typer.Exit(1) from None
+        raise
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def ending_together(
+    group: distributed.Alone | distributed.Group, close: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+    """An error every rank met together (CharLSTMError.every_rank) is told by rank 0 and all
+    exit 1. Any other is told by its rank (`rank 1: error: ...`, a bug with its traceback),
+    and the job is aborted (MPI_Abort). `close` ends the display first. Alone: unchanged."""
+    if group.size == 1:
+        yield
+        return
+    prefix = "" if group.is_root else f"rank {group.rank}: "
+    try:
+        yield
+    except CharLSTMError as exc:
+        close()
+        if group.is_root or not exc.every_rank:
+            _say(f"{prefix}error: {' '.join(str(exc).split())}")
+        if exc.every_rank:
+            raise typer.Exit(1) from None
+        group.abort(1)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        close()
+        if group.is_root:
+            _say("aborted by a second Ctrl-C: every write is atomic, nothing is half-written")
+        group.abort(130)
+    except Exception:
+        close()
+        for line in traceback.format_exc().splitlines():
+            _say(f"rank {group.rank}: {line}")
+        group.abort(1)
