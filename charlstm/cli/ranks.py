@@ -6,6 +6,7 @@ so that no rank waits at the next exchange for one that is gone.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ def connect() -> distributed.Alone | distributed.Group:
         if distributed.launched_rank() not in (None, 0):
             raise typer.Exit(1) from None
         raise
+
+
+ABORT_GRACE = 0.3  # seconds for a rank's last lines to reach mpiexec before the job is aborted
 
 
 def _say(text: str) -> None:
@@ -49,14 +53,18 @@ def ending_together(
             _say(f"{prefix}error: {' '.join(str(exc).split())}")
         if exc.every_rank:
             raise typer.Exit(1) from None
+        time.sleep(ABORT_GRACE)
         group.abort(1)
     except KeyboardInterrupt:  # a second Ctrl-C
         close()
         if group.is_root:
             _say("aborted by a second Ctrl-C: every write is atomic, nothing is half-written")
         group.abort(130)
-    except Exception:
+    except Exception as exc:
         close()
+        # the one line first: mpiexec may stop forwarding output once the job is aborted
+        _say(f"rank {group.rank}: error: {type(exc).__name__}: {exc} (a bug: the traceback follows)")
         for line in traceback.format_exc().splitlines():
             _say(f"rank {group.rank}: {line}")
+        time.sleep(ABORT_GRACE)
         group.abort(1)
