@@ -119,8 +119,10 @@ class Alone:
         """The element-wise sum over ranks, added in rank order."""
         return [float(v) for v in values]
 
-    def together(self, work: Callable[[], Result]) -> Result:
-        """Run `work` on every rank; a CharLSTMError on any of them raises GroupError on all."""
+    def together(self, work: Callable[[], Result], machine_first: bool = False) -> Result:
+        """Run `work` on every rank; a CharLSTMError on any of them raises GroupError on all.
+        `machine_first`: on the first rank of each machine before the others (one writes the
+        corpus cache that the others then read)."""
         return work()
 
     def threads(self) -> int:
@@ -138,6 +140,7 @@ class Group(Alone):
         self.comm, self.MPI = comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_root = self.rank == 0
+        self.machine = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)  # this machine's ranks
         self._chunk = 0  # C: floats of the gradient each rank sums, the buffer padded to K·C
         self._received: np.ndarray | None = None  # (K, C): every rank's part of my chunk
         self._summed: np.ndarray | None = None  # (C + S32,): my summed chunk, my scalars after it
@@ -200,7 +203,15 @@ class Group(Alone):
             total = [t + v for t, v in zip(total, row, strict=True)]
         return total
 
-    def together(self, work: Callable[[], Result]) -> Result:
+    def together(self, work: Callable[[], Result], machine_first: bool = False) -> Result:
+        if not machine_first:
+            return self._together(work)
+        first = self.machine.Get_rank() == 0
+        result = self._together(work if first else lambda: None)
+        later = self._together(lambda: None if first else work())
+        return result if first else later
+
+    def _together(self, work: Callable[[], Result]) -> Result:
         result: Any = None
         error: str | None = None
         try:
@@ -217,13 +228,9 @@ class Group(Alone):
 
     def threads(self) -> int:
         """The cores of this machine (the union of its ranks' CPU sets) over its ranks."""
-        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
-        try:
-            cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
-            union = set().union(*local.allgather(cpus)) or set(range(os.cpu_count() or 1))
-            return max(1, len(union) // local.Get_size())
-        finally:
-            local.Free()
+        cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        union = set().union(*self.machine.allgather(cpus)) or set(range(os.cpu_count() or 1))
+        return max(1, len(union) // self.machine.Get_size())
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)

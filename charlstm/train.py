@@ -446,19 +446,22 @@ class _Run:
         weights."""
         if self.group.size > 1:
             self._share_the_cores()
-        self.group.together(lambda: self._setup(corpus, given, out, resume, init_from))
+        ckpt, source = self.group.together(lambda: self._choose(corpus, given, out, resume, init_from))
+        loaded = self.group.together(self._load_corpus, machine_first=True)
+        self.group.together(lambda: self._build(loaded, ckpt, source))
         self.group.broadcast(self.params.flat)
         if self.average is not None:
             self.group.broadcast(self.average.flat)
 
-    def _setup(
+    def _choose(
         self,
         corpus: Sequence[Path | str] | None,
         given: dict[str, Any],
         out: Path | str | None,
         resume: Path | str | None,
         init_from: Path | str | None,
-    ) -> None:
+    ) -> tuple[Checkpoint | None, Checkpoint | None]:
+        """The run's options, files and paths; the state resumed and the model fine-tuned."""
         ckpt = source = None
         group = self.group
         if resume is not None and init_from is not None:
@@ -498,10 +501,17 @@ class _Run:
             raise ConfigError("--out must not be the checkpoint being resumed")
         if source is not None and source.path.resolve() in (self.out.resolve(), self.last.resolve()):
             raise ConfigError("--out must not overwrite the model being fine-tuned")
+        self.corpus = list(corpus)
         self.corpus_paths = [Path(p).resolve() for p in corpus]
         self.init_from = ckpt.config.get("init_from") if ckpt is not None else None
+        return ckpt, source
 
-        loaded = load_corpus(corpus, self.out.parent / ".charlstm-cache", self.hooks.load_progress)
+    def _load_corpus(self) -> Corpus:
+        return load_corpus(self.corpus, self.out.parent / ".charlstm-cache", self.hooks.load_progress)
+
+    def _build(self, loaded: Corpus, ckpt: Checkpoint | None, source: Checkpoint | None) -> None:
+        """The vocabulary, batches, model, optimizer state and buffers of the run."""
+        options, group = self.options, self.group
         seeds = np.random.SeedSequence(options.random_seed).spawn(2)
         start = None
         if source is not None:
@@ -701,6 +711,10 @@ class _Run:
                 self._evaluate()
             if stop:
                 interrupted = True
+                if not requested and not (self.hooks.should_stop is not None and self.hooks.should_stop()):
+                    self._notice(
+                        f"another process was asked to stop: stopping after step {p.step:,} and saving"
+                    )
                 break
         if interrupted:
             if p.step > 0 and p.step != self.last_saved_step:

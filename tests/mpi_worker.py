@@ -4,8 +4,8 @@
 
 FAULT is `none`; `raise` (rank 1 raises inside step STEP); `kill` (rank 1 dies of SIGKILL
 inside step STEP); `corrupt` (rank 1 nudges one weight by one ulp after step STEP, as a silent
-memory error would); or `signal` (rank 0 sends itself SIGUSR1 after step STEP: a clean stop
-requested at a known step).
+memory error would); `signal` (rank 0 sends itself SIGUSR1 after step STEP: a clean stop
+requested at a known step); or `signal-rank-1` (the same on rank 1 only).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
         if self.p.step == at:
             if fault == "corrupt" and rank == 1:
                 self.params.flat[0] = np.nextafter(self.params.flat[0], np.float32(np.inf))
-            if fault == "signal" and rank == 0:
+            if (fault, rank) in (("signal", 0), ("signal-rank-1", 1)):
                 os.kill(os.getpid(), signal.SIGUSR1)
         return stop
 

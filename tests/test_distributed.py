@@ -256,6 +256,16 @@ def test_a_state_resumes_with_another_number_of_ranks(runs, tmp_path, first, the
 
 
 @needs_mpi
+def test_a_stop_asked_of_one_rank_stops_all_after_the_same_step(runs, tmp_path):
+    corpus, _ = runs
+    done = _train(2, corpus, tmp_path / "m.npz", fault="signal-rank-1", at=5)
+    assert done.returncode == 130, done.stderr
+    assert "another process was asked to stop: stopping after step 6 and saving" in done.stderr
+    assert "interrupted at step 6" in done.stderr
+    assert _state(tmp_path / "m.last.npz")["step"] == 6
+
+
+@needs_mpi
 def test_a_failing_rank_ends_the_job_and_the_last_state_loads(runs, tmp_path):
     corpus, _ = runs
     started = time.monotonic()
@@ -310,7 +320,7 @@ def test_sigint_to_mpiexec_saves_a_state_that_resumes(runs, tmp_path):
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, rest
-    assert "stopping after this step" in rest and "interrupted at step" in rest
+    assert "stopping after this step" in rest and "interrupted at step" in rest, rest
     stopped = json.loads(
         str(load_checkpoint(tmp_path / "m.last.npz", with_train_state=True).train_state["counters"][()])
     )
@@ -328,6 +338,16 @@ def test_a_batch_that_does_not_split_is_one_line_before_any_work(runs, tmp_path)
         done.stderr.strip() == "error: --batch-size 7 does not split over 2 processes: give a multiple of 2"
     )
     assert not (tmp_path / ".charlstm-cache").exists()  # before the corpus was read
+
+
+@needs_mpi
+def test_the_other_commands_refuse_to_run_as_several_processes():
+    done = _charlstm(2, "sample", "--seed", "To be", "--length", 10)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == (
+        "error: charlstm sample runs as one process, not 2: start it without mpiexec "
+        "(only charlstm train trains data parallel)"
+    )
 
 
 @needs_mpi

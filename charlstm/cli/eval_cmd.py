@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from ..checkpoint import load_checkpoint
 from ..data import read_text
 from ..evaluate import TextLoss, evaluate_text
+from . import ranks
 from .app import app
 from .common import stderr_console
 
@@ -35,6 +36,7 @@ def eval_command(
 ) -> None:
     """Loss of MODEL on FILE, read as one stream from a zero state (the first character is
     not predicted). Characters the model has never seen are counted and skipped."""
+    ranks.alone_only("eval")
     ckpt = load_checkpoint(model)
     text = read_text(file)
     console = stderr_console()

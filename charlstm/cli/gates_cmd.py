@@ -19,6 +19,7 @@ from .. import gates, gates_view
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import read_text
 from ..errors import CharLSTMError, ConfigError
+from . import ranks
 from .app import app
 from .common import stderr_console
 
@@ -84,6 +85,7 @@ def inspect_gates_command(
     ] = None,
 ) -> None:
     """Show how the gates of each LSTM unit respond to each character of a text."""
+    ranks.alone_only("inspect-gates")
     _check_options(view, signal, pick, top, max_chars, show, width, sample, save)
     thresholds = gates.Thresholds(left=left, right=right).check()
     notices = stderr_console()

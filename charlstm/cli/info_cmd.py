@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..info import describe
+from . import ranks
 from .app import app
 from .common import print_curves, stderr_console
 
@@ -29,6 +30,7 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
 ) -> None:
     """Show MODEL: its shape, vocabulary, training, best validation, and loss curves."""
+    ranks.alone_only("info")
     info = describe(model)
     for warning in info["warnings"]:
         stderr_console().print(Text(f"warning: {warning}"), soft_wrap=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import typer
 
 from .. import distributed
-from ..errors import CharLSTMError
+from ..errors import CharLSTMError, ConfigError
 
 
 def connect() -> distributed.Alone | distributed.Group:
@@ -28,6 +28,20 @@ def connect() -> distributed.Alone | distributed.Group:
 
 
 ABORT_GRACE = 0.3  # seconds for a rank's last lines to reach mpiexec before the job is aborted
+
+
+def alone_only(command: str) -> None:
+    """Refuse to run `command` as several processes under mpiexec (each would do the whole job
+    and print it): told once, by rank 0."""
+    size = distributed.launched_size()
+    if size is None or size == 1:
+        return
+    if distributed.launched_rank() not in (None, 0):
+        raise typer.Exit(1)
+    raise ConfigError(
+        f"charlstm {command} runs as one process, not {size}: start it without mpiexec "
+        "(only charlstm train trains data parallel)"
+    )
 
 
 def _say(text: str) -> None:

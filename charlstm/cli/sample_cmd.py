@@ -22,6 +22,7 @@ from rich.console import Console
 
 from .. import sample as sampling
 from ..checkpoint import default_model_path
+from . import ranks
 from .app import app
 from .common import stderr_console
 
@@ -62,6 +63,7 @@ def sample_command(
     ] = 1,
 ) -> None:
     """Print SEED, then what the model writes after it (an empty seed starts from a newline)."""
+    ranks.alone_only("sample")
     sampling.check_options(
         length=length, temperature=temperature, top_k=top_k, top_p=top_p,
         num_samples=num_samples, stop=stop, random_seed=random_seed, threads=threads,
