@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from .errors import CharLSTMError, ConfigError
 # What the launchers set in every rank's environment: MPICH's Hydra (and Slurm's PMI-2) and
 # Open MPI. Without one of them the process is alone and does not touch MPI.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
 MPI_EXTRA = 'pip install "charlstm[mpi]"'
 
 Result = TypeVar("Result")
@@ -34,22 +35,22 @@ class GroupError(CharLSTMError):
     every_rank = True
 
 
-def launched_size(environ: dict[str, str] | os._Environ = os.environ) -> int | None:
+def _launcher_number(names: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    for name in names:
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def launched_size(environ: Mapping[str, str] = os.environ) -> int | None:
     """The number of ranks the launcher started, or None when not started by one."""
-    for name in SIZE_VARIABLES:
-        value = environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return None
+    return _launcher_number(SIZE_VARIABLES, environ)
 
 
-def launched_rank(environ: dict[str, str] | os._Environ = os.environ) -> int | None:
+def launched_rank(environ: Mapping[str, str] = os.environ) -> int | None:
     """This process's rank as the launcher set it, or None when not started by one."""
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        value = environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return None
+    return _launcher_number(RANK_VARIABLES, environ)
 
 
 def connect() -> Alone | Group:
@@ -106,10 +107,6 @@ class Alone:
     def gather_streams(self, parts: np.ndarray) -> np.ndarray | None:
         """(L, B/K, H) on each rank -> (L, B, H) in stream order on rank 0, None elsewhere."""
         return parts
-
-    def gather(self, value: Any) -> list[Any] | None:
-        """Every rank's value, in rank order, on rank 0 (None elsewhere)."""
-        return [value]
 
     def all_values(self, value: Any) -> list[Any]:
         """Every rank's value, in rank order, on every rank."""
@@ -190,9 +187,6 @@ class Group(Alone):
     def gather_streams(self, parts: np.ndarray) -> np.ndarray | None:
         pieces = self.comm.gather(np.ascontiguousarray(parts), root=0)
         return None if pieces is None else np.concatenate(pieces, axis=1)
-
-    def gather(self, value: Any) -> list[Any] | None:
-        return self.comm.gather(value, root=0)
 
     def all_values(self, value: Any) -> list[Any]:
         return self.comm.allgather(value)

@@ -8,6 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import CharLSTMError
+from .common import one_line
 
 
 class OneLineErrorsGroup(TyperGroup):
@@ -21,10 +22,10 @@ class OneLineErrorsGroup(TyperGroup):
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         except typer.TyperException as exc:  # usage errors: unknown option, bad type, ...
-            typer.echo(f"error: {_first_line(exc.format_message())}", err=True)
+            typer.echo(f"error: {one_line(exc.format_message())}", err=True)
             sys.exit(1)
         except CharLSTMError as exc:
-            typer.echo(f"error: {_first_line(str(exc))}", err=True)
+            typer.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(1)
         except BrokenPipeError:
             _silence_broken_pipe()
@@ -45,10 +46,6 @@ class OneLineErrorsGroup(TyperGroup):
         except BrokenPipeError:
             _silence_broken_pipe()
             raise typer.Exit(0) from None
-
-
-def _first_line(message: str) -> str:
-    return " ".join(message.strip().split("\n")[0].split()) or "unknown error"
 
 
 def _raised_by_rich_on_broken_pipe(exc: SystemExit) -> bool:

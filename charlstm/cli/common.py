@@ -13,6 +13,11 @@ from .. import curves
 CURVES_MAX_WIDTH = 100
 
 
+def one_line(message: str) -> str:
+    """An error message as the one line the CLI prints: its first line, spaces collapsed."""
+    return " ".join(message.strip().split("\n")[0].split()) or "unknown error"
+
+
 def stderr_console() -> Console:
     """For notices, progress and tables; stdout stays clean for generated text."""
     return Console(stderr=True, highlight=False)

@@ -15,6 +15,15 @@ import typer
 
 from .. import distributed
 from ..errors import CharLSTMError, ConfigError
+from .common import one_line
+
+ABORT_GRACE = 0.3  # seconds for a rank's last lines to reach mpiexec before the job is aborted
+
+
+def _told_by_rank_0() -> None:
+    """Before an error every rank would print alike: the others exit 1 without a word."""
+    if distributed.launched_rank() not in (None, 0):
+        raise typer.Exit(1)
 
 
 def connect() -> distributed.Alone | distributed.Group:
@@ -22,12 +31,8 @@ def connect() -> distributed.Alone | distributed.Group:
     try:
         return distributed.connect()
     except CharLSTMError:
-        if distributed.launched_rank() not in (None, 0):
-            raise typer.Exit(1) from None
+        _told_by_rank_0()
         raise
-
-
-ABORT_GRACE = 0.3  # seconds for a rank's last lines to reach mpiexec before the job is aborted
 
 
 def alone_only(command: str) -> None:
@@ -36,8 +41,7 @@ def alone_only(command: str) -> None:
     size = distributed.launched_size()
     if size is None or size == 1:
         return
-    if distributed.launched_rank() not in (None, 0):
-        raise typer.Exit(1)
+    _told_by_rank_0()
     raise ConfigError(
         f"charlstm {command} runs as one process, not {size}: start it without mpiexec "
         "(only charlstm train trains data parallel)"
@@ -64,7 +68,7 @@ def ending_together(
     except CharLSTMError as exc:
         close()
         if group.is_root or not exc.every_rank:
-            _say(f"{prefix}error: {' '.join(str(exc).split())}")
+            _say(f"{prefix}error: {one_line(str(exc))}")
         if exc.every_rank:
             raise typer.Exit(1) from None
         time.sleep(ABORT_GRACE)

@@ -175,8 +175,7 @@ def dropout_masks_of_streams(out, seed, threshold, scale, streams, first, thread
                 n = r * streams + first + j  # the unit's place in the masks of all streams
                 lane = n % 4
                 if j == 0 or lane == 0:
-                    q = n // 4
-                    bits = _splitmix64(np.uint64(seed) + np.uint64(q + 1) * np.uint64(0x9E3779B97F4A7C15))
+                    bits = _quad_bits(seed, n // 4)
                 sixteen = (bits >> np.uint64(16 * lane)) & np.uint64(0xFFFF)
                 out[r, j] = keep if sixteen >= bound else zero
 
@@ -187,10 +186,16 @@ def _mask_quads(out, seed, threshold, scale, lo, hi, offset=0):
     zero, keep = out.dtype.type(0.0), out.dtype.type(scale)
     bound = np.uint64(threshold)
     for q in range(lo, hi):
-        bits = _splitmix64(np.uint64(seed) + np.uint64(q + 1) * np.uint64(0x9E3779B97F4A7C15))
+        bits = _quad_bits(seed, q)
         for lane in range(4):
             sixteen = (bits >> np.uint64(16 * lane)) & np.uint64(0xFFFF)
             out[4 * q + offset + lane] = keep if sixteen >= bound else zero
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _quad_bits(seed, q):
+    """The 64 random bits of units 4q .. 4q+3: the hash of (seed, q)."""
+    return _splitmix64(np.uint64(seed) + np.uint64(q + 1) * np.uint64(0x9E3779B97F4A7C15))
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
