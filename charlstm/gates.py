@@ -20,6 +20,7 @@ from . import kernels
 from .data import Vocab, encode_known
 from .errors import ConfigError
 from .model import GATE_NAMES, ModelConfig, Params, zero_state
+from .stream import LayerCallback as LayerObserver
 from .stream import run_stream
 
 SIGNALS = ("i", "f", "g", "o", "c", "h")  # the four gates, then the cell's memory and output
@@ -47,7 +48,8 @@ MAX_CHARS = 20_000  # statistics cover at most this many characters (memory: L*N
 DEFAULT_MAX_CHARS = 2_000
 WINDOW = 1024  # characters per forward call; the state (h, c) is carried between windows
 N_SHIFTS = 20  # circular shifts making the null distribution of a feature correlation
-TOP_GUESSES = 3
+TOP_GUESSES = 5  # kept for every character; the terminal shows the first SHOWN_GUESSES
+SHOWN_GUESSES = 3
 FORGET_BINS = 1 << 16  # forget gates binned by the top 16 bits of float32(1 - f)
 POPULATE_BYTES = 4 << 20  # arrays from this size get their pages mapped up front
 
@@ -148,10 +150,11 @@ class Trace:
     c: np.ndarray  # (L, S, H) memory on the shown span
     h: np.ndarray  # (L, S, H)
     bits: np.ndarray  # (N,) surprisal of each character in bits (NaN: first, or unknown)
-    guess_ids: np.ndarray  # (S, 3) the model's top guesses for the character after each one
-    guess_probs: np.ndarray  # (S, 3)
+    guess_ids: np.ndarray  # (N, 5) the model's top guesses for the character after each one
+    guess_probs: np.ndarray  # (N, 5)
     stats: GateStats
     thresholds: Thresholds
+    start_c: np.ndarray  # (L, H) the memory before the first character (after the warm-up)
     value_mean: np.ndarray = field(init=False)  # (L, H) time-mean of `values`
     value_std: np.ndarray = field(init=False)  # (L, H)
 
@@ -213,13 +216,15 @@ def compute_trace(
     signal: str = "c",
     thresholds: Thresholds | None = None,
     window: int = WINDOW,
+    observe: LayerObserver | None = None,
 ) -> Trace:
     """Run the model over `warmup` (not recorded) and then `text` (at most MAX_CHARS), one
     stream, `window` characters at a time, the layers pipelined on threads (stream.py).
     The gates equal model.forward's (evaluation's) up to float rounding.
 
     Characters missing from the vocabulary are read as a space (or the first character of
-    the vocabulary) and left out of the bits per character."""
+    the vocabulary) and left out of the bits per character. `observe(layer, start, stop, g,
+    c_seq, h_seq)` sees every window of every layer, on that layer's thread (stream.py)."""
     config = params.config
     thresholds = (thresholds or Thresholds()).check()
     check_signal(signal)
@@ -247,6 +252,7 @@ def compute_trace(
             last_logits[0] = logits[-1]
 
     run_stream(params, warm_ids, h, c, window, on_logits=keep_last)
+    start_c = c[:, 0].copy()
     if len(warm_ids) and known[0]:
         logp = np.empty(1)
         kernels.token_log_probs(logp, last_logits, ids[:1])
@@ -256,7 +262,7 @@ def compute_trace(
     gates_shown = np.empty((L, S, 4 * H), dtype=params.dtype)
     c_shown = np.empty((L, S, H), dtype=params.dtype)
     h_shown = np.empty((L, S, H), dtype=params.dtype)
-    guess_ids = np.zeros((S, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
+    guess_ids = np.zeros((N, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
     guess_probs = np.zeros(guess_ids.shape)
     below = np.zeros((L, 4 * H), dtype=np.int64)  # per gate unit: steps below thresholds.left
     above = np.zeros((L, 4 * H), dtype=np.int64)
@@ -271,9 +277,7 @@ def compute_trace(
             logp = np.empty(n_next)
             kernels.token_log_probs(logp, logits[:n_next], ids[start + 1 : start + 1 + n_next])
             bits[start + 1 : start + 1 + n_next] = -logp / math.log(2.0)
-        if start < S:
-            s_stop = min(stop, S)
-            _top_guesses(guess_ids[start:s_stop], guess_probs[start:s_stop], logits[: s_stop - start])
+        _top_guesses(guess_ids[start:stop], guess_probs[start:stop], logits[: stop - start])
 
     def on_layer(layer: int, start: int, stop: int, g: np.ndarray, c_seq, h_seq) -> None:
         # g (n, 4H), c_seq and h_seq (n, H): this layer's window of the text
@@ -287,6 +291,8 @@ def compute_trace(
             below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
             g, thresholds.left, thresholds.right,
         )  # fmt: skip
+        if observe is not None:
+            observe(layer, start, stop, g, c_seq, h_seq)
 
     run_stream(params, ids, h, c, window, on_layer, on_logits)
 
@@ -309,6 +315,7 @@ def compute_trace(
         guess_probs=guess_probs,
         stats=stats,
         thresholds=thresholds,
+        start_c=start_c,
     )
 
 
@@ -741,7 +748,8 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
                 "signal": _numbers(trace.values[unit.layer, :, unit.index]),
             }
         )
-    guesses = [[trace.vocab_chars[i] for i in row] for row in trace.guess_ids.tolist()]
+    S, shown_guesses = trace.shown, min(SHOWN_GUESSES, trace.guess_ids.shape[1])
+    guesses = [[trace.vocab_chars[i] for i in row[:shown_guesses]] for row in trace.guess_ids[:S].tolist()]
     return {
         "format": "charlstm-gates/1",
         "model": model,
@@ -772,5 +780,5 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
         "feature": None if ranking.feature_values is None else _numbers(ranking.feature_values),
         "units": chosen,
         "surprisal_bits": _numbers(trace.bits, 4),
-        "guesses": {"chars": guesses, "probs": _numbers(trace.guess_probs, 5)},
+        "guesses": {"chars": guesses, "probs": _numbers(trace.guess_probs[:S, :shown_guesses], 5)},
     }

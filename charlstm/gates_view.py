@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import CharLSTMError, ConfigError
-from .gates import SATURATION_GATES, SIGNAL_HELP, SIGNAL_ROLES, SIGNALS, Ranking, Trace, Unit
+from .gates import SATURATION_GATES, SHOWN_GUESSES, SIGNAL_HELP, SIGNAL_ROLES, SIGNALS, Ranking, Trace, Unit
 from .model import GATE_NAMES
 
 VIEWS = ("overview", "gates", "heatmap", "predict")
@@ -551,12 +551,13 @@ def _predict(console: Console, look: Look, trace: Trace, ranking: Ranking, optio
     n = min(S, trace.n_chars - 1)
     following = np.full(S, -1)  # the character that really came next (-1: none, or unknown)
     following[:n] = np.where(trace.known[1 : n + 1], trace.ids[1 : n + 1], -1)
-    for k in range(trace.guess_ids.shape[1]):
-        guesses = [cell_char(vocab_chars[i], look) for i in trace.guess_ids[:, k]]
-        hits = trace.guess_ids[:, k] == following
-        rows.append(char_row(f"guess {k + 1}", guesses, trace.guess_probs[:, k], hits, look))
+    guess_ids, guess_probs = trace.guess_ids[:S, :SHOWN_GUESSES], trace.guess_probs[:S]
+    for k in range(guess_ids.shape[1]):
+        guesses = [cell_char(vocab_chars[i], look) for i in guess_ids[:, k]]
+        hits = guess_ids[:, k] == following
+        rows.append(char_row(f"guess {k + 1}", guesses, guess_probs[:, k], hits, look))
     if not look.colour:
-        rows.append(heat_row("p1", trace.guess_probs[:, 0], False, look))
+        rows.append(heat_row("p1", guess_probs[:, 0], False, look))
     next_bits = np.full(S, np.nan)
     next_bits[:n] = trace.bits[1 : n + 1]
     rows.append(digit_row("bits", next_bits, look))

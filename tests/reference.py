@@ -41,9 +41,14 @@ def forward(weights, inputs, h0, c0, masks=None):
       layers: per layer a dict with x (its input, T, B, I), i, f, g, o, c, h (T, B, H each)
       and out (T, B, H), the h after dropout that feeds the layer above.
     """
+    return forward_from_vectors(weights, first_layer_input(weights, inputs), h0, c0, masks)
+
+
+def forward_from_vectors(weights, x, h0, c0, masks=None):
+    """`forward` from the first layer's input vectors x (T, B, E or V) instead of token ids:
+    what a gradient with respect to one position's input perturbs."""
     V, E, H, L = sizes(weights)
-    T, B = inputs.shape
-    x = first_layer_input(weights, inputs)
+    T, B = x.shape[:2]
     layers = []
     h_final = np.zeros((L, B, H))
     c_final = np.zeros((L, B, H))

@@ -1,0 +1,219 @@
+"""How far back a prediction reaches: the gradient of log p(next character) with respect to
+each earlier input, and the product of the forget gates over the same lags.
+
+For a target position t, `sensitivity[t, k]` is ||d log p(x[t+1] | x[..t]) / d input[t-k]||_2,
+the input being the embedding row fed at t-k (the one-hot vector when E = 0). It is computed
+exactly, by backpropagation through the cells from one loss term per target: the targets are
+the B streams of one backward pass, stream b walking back from its target one lag per step
+(so the forward activations are the trace's, read at t_b - k). A gradient measures local
+sensitivity, not a contribution: a large value says a small change there would move the
+prediction, not that the prediction was made from there. No rich, no Typer here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+from .gates import Trace
+from .model import Params
+
+DEFAULT_TARGETS = 400
+DEFAULT_LAGS = 100
+MAX_TARGETS = 20_000
+DOMAIN_LOW_QUANTILE = 0.01  # the log colour scale runs from this quantile of all values to the top
+LAG_BANDS = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, 199), (200, 499), (500, 10**9))
+
+
+@dataclass
+class Reach:
+    """The sensitivities of R targets over lags 0..K, and what summarises them."""
+
+    targets: np.ndarray  # (R,) positions t, in order; t + 1 is the character predicted
+    sensitivity: np.ndarray  # (R, K + 1) float64; NaN where t - k falls before the text
+    forget_product: np.ndarray  # (L, K + 1) per layer, median over targets and units of prod f
+    input_name: str  # "embedding row" or "one-hot vector"
+    window: int | None  # the BPTT window (seq_len) the model was trained with, if known
+
+    @property
+    def lags(self) -> int:
+        return self.sensitivity.shape[1] - 1
+
+    def decay(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(K + 1,) each: the median, first and third quartile of the sensitivity at each lag,
+        over the targets that reach that far back."""
+        return _quantiles_by_column(self.sensitivity, (0.5, 0.25, 0.75))
+
+    def domain(self) -> tuple[float, float]:
+        """The fixed domain of the log colour scale: a low quantile of every positive value,
+        and the largest. The same for every target, so shades compare across positions."""
+        values = self.sensitivity[np.isfinite(self.sensitivity) & (self.sensitivity > 0)]
+        if values.size == 0:
+            return 1e-6, 1.0
+        lo, hi = float(np.quantile(values, DOMAIN_LOW_QUANTILE)), float(values.max())
+        return (lo, hi) if hi > lo else (hi / 10, hi)
+
+    def relative_median(self, lag: int) -> float:
+        """Median sensitivity at `lag` over the median at lag 1 (NaN when out of range)."""
+        median = self.decay()[0]
+        if lag >= median.size or median.size < 2 or not median[1] > 0:
+            return math.nan
+        return float(median[lag] / median[1])
+
+    def bands(self) -> list[dict]:
+        """The decay and the forget-gate products summarised over bands of lags (for tables)."""
+        median, q1, q3 = self.decay()
+        rows = []
+        for lo, hi in LAG_BANDS:
+            if lo > self.lags:
+                break
+            cut = slice(lo, min(hi, self.lags) + 1)
+            rows.append(
+                {
+                    "lags": (lo, min(hi, self.lags)),
+                    "median": _nan_mean(median[cut]),
+                    "q1": _nan_mean(q1[cut]),
+                    "q3": _nan_mean(q3[cut]),
+                    "forget_product": [_nan_mean(row[cut]) for row in self.forget_product],
+                }
+            )
+        return rows
+
+
+def compute_reach(
+    params: Params, trace: Trace, *, targets: int | None = None, lags: int = DEFAULT_LAGS,
+    window: int | None = None,
+) -> Reach:  # fmt: skip
+    """Sensitivities of the first `targets` positions of the trace's shown span (default: all of
+    it, at most DEFAULT_TARGETS) over lags 0..`lags` (never beyond the text), from the trace's
+    gates and memory, in the model's float type."""
+    config = params.config
+    if lags < 0:
+        raise ConfigError(f"--lags must be at least 0, got {lags}")
+    count = min(trace.shown, DEFAULT_TARGETS) if targets is None else targets
+    if not 1 <= count <= MAX_TARGETS:
+        raise ConfigError(f"--reach must be between 1 and {MAX_TARGETS:,}, got {count:,}")
+    count = min(count, trace.shown, trace.n_chars - 1)  # a target needs a next character
+    if count < 1:
+        raise ConfigError("reach needs at least two characters: a position and the one after it")
+    positions = np.arange(count)
+    K = min(lags, int(positions[-1]))  # lags never reach before the text
+    L, H = config.layers, config.hidden
+    dtype = params.dtype
+    B = count
+
+    top = trace.h[L - 1, positions]  # (B, H)
+    logits = top.astype(np.float64) @ params["head.W"] + params["head.b"]  # (B, V)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(B), trace.ids[positions + 1]] -= 1.0  # softmax - one-hot: d(-log p)/d logits
+    dh_top = (-p @ params["head.W"].T).astype(dtype)  # (B, H): d log p / d h at the target
+
+    dh_next = [np.zeros((B, H), dtype=dtype) for _ in range(L)]  # through step t-k+1, per layer
+    dc_next = [np.zeros((B, H), dtype=dtype) for _ in range(L)]
+    sensitivity = np.full((B, K + 1), np.nan)
+    for k in range(K + 1):
+        at = positions - k  # (B,) the position each stream is at
+        alive = at >= 0
+        at_read = np.maximum(at, 0)
+        dh_above = dh_top if k == 0 else None
+        for layer in range(L - 1, -1, -1):
+            dh = dh_next[layer] if dh_above is None else dh_next[layer] + dh_above
+            dz = _cell_backward(trace, layer, at_read, dh, dc_next[layer])  # dc_next updated
+            dz[~alive] = 0.0
+            dc_next[layer][~alive] = 0.0
+            dh_next[layer] = dz @ params[f"lstm.{layer}.Wh"].T  # (B, H)
+            dx = dz @ params[f"lstm.{layer}.Wx"].T  # (B, I): into the input at t - k
+            dh_above = dx
+        norms = np.sqrt(np.square(dh_above.astype(np.float64)).sum(axis=1))
+        sensitivity[alive, k] = norms[alive]
+
+    return Reach(
+        targets=positions,
+        sensitivity=sensitivity,
+        forget_product=_forget_products(trace, positions, K),
+        input_name="embedding row" if config.embed > 0 else "one-hot vector",
+        window=window,
+    )
+
+
+def _cell_backward(trace: Trace, layer: int, at: np.ndarray, dh: np.ndarray, dc_next: np.ndarray) -> np.ndarray:
+    """One LSTM step backward for B streams at positions `at` (B,): from dh (B, H), the gradient
+    reaching h there, and dc_next (B, H), the gradient reaching c there from the step after
+    (overwritten with the gradient reaching the memory before), to dz (B, 4H) with respect to
+    the pre-activations of i, f, g, o."""
+    H = dh.shape[1]
+    gates = trace.gates[layer, at]  # (B, 4H) activated
+    i, f, g, o = (gates[:, k * H : (k + 1) * H] for k in range(4))
+    c = trace.c[layer, at]
+    c_prev = trace.c[layer, np.maximum(at - 1, 0)]
+    first = at == 0
+    c_prev[first] = trace.start_c[layer]
+    tanh_c = np.tanh(c)
+    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)  # h = o tanh(c)
+    dz = np.empty_like(gates)
+    dz[:, 0:H] = dc * g * i * (1.0 - i)  # c = f c_prev + i g
+    dz[:, H : 2 * H] = dc * c_prev * f * (1.0 - f)
+    dz[:, 2 * H : 3 * H] = dc * i * (1.0 - g * g)
+    dz[:, 3 * H :] = dh * tanh_c * o * (1.0 - o)
+    dc_next[...] = dc * f
+    return dz
+
+
+def _forget_products(trace: Trace, positions: np.ndarray, K: int) -> np.ndarray:
+    """(L, K + 1): per layer and lag k, the median over targets t >= k and units of
+    prod_{j < k} f[t - j], the factor the memory written at t - k keeps at t when nothing else
+    is written (the direct path through the cell)."""
+    L, H = trace.config.layers, trace.config.hidden
+    out = np.full((L, K + 1), np.nan)
+    out[:, 0] = 1.0
+    for layer in range(L):
+        log_f = np.log(np.maximum(trace.gates[layer, : positions[-1] + 1, H : 2 * H].astype(np.float64), 1e-300))
+        running = np.zeros((positions.size, H))  # (R, H) sum of log f over the last k steps
+        for k in range(1, K + 1):
+            valid = positions >= k  # positions ascend: the valid targets are a suffix
+            first = int(np.argmax(valid))
+            running[first:] += log_f[positions[first:] - (k - 1)]
+            out[layer, k] = float(np.median(np.exp(running[first:])))
+    return out
+
+
+def _quantiles_by_column(values: np.ndarray, qs: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    out = [np.full(values.shape[1], np.nan) for _ in qs]
+    for k in range(values.shape[1]):
+        column = values[:, k]
+        column = column[np.isfinite(column)]
+        if column.size:
+            for row, q in zip(out, np.quantile(column, qs), strict=True):
+                row[k] = q
+    return tuple(out)
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def to_json(reach: Reach) -> dict:
+    """The reach arrays as plain JSON values (None for NaN)."""
+    median, q1, q3 = reach.decay()
+    lo, hi = reach.domain()
+
+    def numbers(values: np.ndarray) -> list:
+        return [None if not math.isfinite(v) else float(f"{v:.6g}") for v in np.ravel(values).tolist()]
+
+    return {
+        "input": reach.input_name,
+        "note": "gradient norm: local sensitivity of log p(next character), not a contribution",
+        "targets": reach.targets.tolist(),
+        "lags": reach.lags,
+        "bptt_window": reach.window,
+        "domain": [lo, hi],
+        "sensitivity": [numbers(row) for row in reach.sensitivity],
+        "decay": {"median": numbers(median), "q1": numbers(q1), "q3": numbers(q3)},
+        "forget_product": [numbers(row) for row in reach.forget_product],
+    }
