@@ -8,6 +8,7 @@ correlation with a feature of the text, against a circular-shift null. No rich, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import mmap
 import re
@@ -178,6 +179,13 @@ class Trace:
         """Mean surprisal over the characters the model predicted (NaN when none)."""
         valid = self.bits[~np.isnan(self.bits)]
         return float(valid.mean()) if valid.size else math.nan
+
+    def first(self, shown: int) -> Trace:
+        """The same trace with at most `shown` characters in its shown span."""
+        S = max(1, min(shown, self.shown))
+        if S == self.shown:
+            return self
+        return dataclasses.replace(self, gates=self.gates[:, :S], c=self.c[:, :S], h=self.h[:, :S])
 
     def series(self, unit: Unit, name: str) -> np.ndarray:
         """(S,) one signal of one unit over the shown span; c is the raw memory."""

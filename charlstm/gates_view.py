@@ -27,9 +27,11 @@ from rich.text import Text
 from .errors import CharLSTMError, ConfigError
 from .gates import SATURATION_GATES, SHOWN_GUESSES, SIGNAL_HELP, SIGNAL_ROLES, SIGNALS, Ranking, Trace, Unit
 from .model import GATE_NAMES
+from .reach import Reach
 
-VIEWS = ("overview", "gates", "heatmap", "predict")
+VIEWS = ("overview", "gates", "heatmap", "predict", "reach")
 SAVE_FORMATS = (".svg", ".html", ".htm", ".txt")
+PAGE_FORMATS = (".html", ".htm")  # the interactive explorer (charlstm.explorer), not a drawing
 SEQUENTIAL = ("i", "f", "o")  # in [0, 1]: shut .. wide open
 LEVELS = 32  # colours are quantised to this many steps, so styles can be shared
 MIN_CELLS = 16  # characters per wrapped line below which row labels are shortened
@@ -458,6 +460,8 @@ class ViewOptions:
     units: Sequence[Unit] = ()  # the units to draw, chosen by the caller
     signal: str = "c"  # the heatmap's signal
     model_name: str = "model"
+    reach: Reach | None = None  # the reach view's sensitivities
+    at: int | None = None  # its target position (default: the last target)
 
 
 def render(console: Console, look: Look, trace: Trace, ranking: Ranking, options: ViewOptions) -> None:
@@ -465,6 +469,11 @@ def render(console: Console, look: Look, trace: Trace, ranking: Ranking, options
     if options.view not in VIEWS:
         raise ConfigError(f"unknown view {options.view!r}; choose one of {', '.join(VIEWS)}")
     header(console, trace, look, options.model_name)
+    if options.view == "reach":
+        from .reach_view import draw_reach  # it draws with this module's pieces
+
+        draw_reach(console, look, trace, options.reach, options.at)
+        return
     {"overview": _overview, "gates": _gates, "heatmap": _heatmap, "predict": _predict}[options.view](
         console, look, trace, ranking, options
     )
@@ -576,8 +585,9 @@ def check_save_path(path: Path) -> str:
 
 
 def save(path: Path, draw: Callable[[Console, Look], None], width: int, ascii_only: bool) -> None:
-    """Draw again into a recording console and export it: SVG and HTML in colour, text with
-    glyph ramps (a text file cannot hold colour)."""
+    """Draw again into a recording console and export it: SVG in colour, text with glyph ramps
+    (a text file cannot hold colour). HTML is the explorer page (charlstm.explorer); a drawing
+    exported as HTML is only reached from Python."""
     suffix = check_save_path(path)
     colour = suffix != ".txt" and not ascii_only
     console = make_console(width=width, ascii_only=ascii_only, file=io.StringIO(), record=True, colour=colour)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from charlstm import gates, gates_view
+from charlstm import gates, gates_view, reach
 from charlstm.data import Vocab
 from charlstm.errors import ConfigError
 from charlstm.model import ModelConfig, Params, init_params
@@ -358,7 +358,8 @@ def draw(view, text, *, width=80, colour=True, ascii_only=False, units=None, sho
     )
     look = gates_view.choose_look(console, ascii_only)
     chosen = units or [s.unit for s in ranking.top(3)]
-    options = gates_view.ViewOptions(view=view, units=chosen, model_name="m.npz")
+    reached = reach.compute_reach(params, trace, window=4) if view == "reach" else None
+    options = gates_view.ViewOptions(view=view, units=chosen, model_name="m.npz", reach=reached)
     gates_view.render(console, look, trace, ranking, options)
     return console
 
@@ -367,8 +368,11 @@ def draw(view, text, *, width=80, colour=True, ascii_only=False, units=None, sho
 def test_views_record_text_and_svg(view):
     console = draw(view, "abc de.\nab", units=[gates.Unit(0, 1), gates.Unit(1, 3)])
     text = console.export_text(clear=False)
-    assert "abc de.⏎ab" in text
+    assert ("abc de.⏎a" if view == "reach" else "abc de.⏎ab") in text  # reach: the text before its target
     assert console.export_svg().startswith("<svg")
+    if view == "reach":
+        for label in ("Reach at position 8", "next character = 'b'", "not a contribution", "prod f", "BPTT"):
+            assert label in text
     if view == "overview":
         for label in ("i input/learn", "f forget", "o output/use", "half-life", "integrators", "Strips"):
             assert label in text

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from .. import gates, gates_view
+from .. import explorer, gates, gates_view, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import read_text
 from ..errors import CharLSTMError, ConfigError
@@ -39,7 +39,7 @@ def inspect_gates_command(
         Path | None,
         typer.Option(help="Checkpoint to use (default: the newest in ./models/, else the shipped one)."),
     ] = None,
-    view: Annotated[str, typer.Option(help="overview, gates, heatmap or predict.")] = "overview",
+    view: Annotated[str, typer.Option(help="overview, gates, heatmap, predict or reach.")] = "overview",
     units: Annotated[
         str | None, typer.Option(help="Units to show, e.g. L2:17,L1:3 (layers from 1, units from 0).")
     ] = None,
@@ -83,10 +83,17 @@ def inspect_gates_command(
     random_seed: Annotated[
         int | None, typer.Option(help="With --sample: the same seed, the same text.")
     ] = None,
+    reach_targets: Annotated[
+        int | None,
+        typer.Option("--reach", help=f"Reach: target positions (default: the shown ones, at most {reach.DEFAULT_TARGETS})."),
+    ] = None,
+    lags: Annotated[int, typer.Option(help="Reach: lags back from each target.")] = reach.DEFAULT_LAGS,
+    at: Annotated[int | None, typer.Option(help="--view reach: the target position (default: the last).")] = None,
 ) -> None:
     """Show how the gates of each LSTM unit respond to each character of a text."""
     ranks.alone_only("inspect-gates")
     _check_options(view, signal, pick, top, max_chars, show, width, sample, save)
+    _check_reach_options(reach_targets, lags, at)
     thresholds = gates.Thresholds(left=left, right=right).check()
     notices = stderr_console()
     path = model if model is not None else default_model_path()
@@ -103,6 +110,13 @@ def inspect_gates_command(
     source = source[:max_chars]
     if feature is not None:
         gates.check_feature(source, feature)  # a bad feature fails before any output
+    page_wanted = save is not None and gates_view.check_save_path(save) in gates_view.PAGE_FORMATS
+    reach_wanted = view == "reach" or json_out is not None or page_wanted
+    targets = min(len(source), reach.DEFAULT_TARGETS) if reach_targets is None else reach_targets
+    if at is not None and not 0 <= at < min(targets, len(source) - 1):
+        raise ConfigError(
+            f"--at must be a reach target, between 0 and {min(targets, len(source) - 1) - 1}, got {at}"
+        )
     # Every check has passed: from here on, notices and output.
     notices.print(f"model: {path}", markup=False)
     if sample is not None:
@@ -114,11 +128,19 @@ def inspect_gates_command(
         shown = " ".join(repr(ch) for ch in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
         notices.print(f"not in the model's vocabulary, read as a space: {shown}", markup=False)
 
+    recorder = explorer.SignalRecorder(config.layers, len(source), config.hidden) if page_wanted else None
     trace = gates.compute_trace(
-        checkpoint.params, checkpoint.vocab, source, warmup=warmup, show=show, signal=signal,
-        thresholds=thresholds,
+        checkpoint.params, checkpoint.vocab, source, warmup=warmup,
+        show=max(show, targets) if reach_wanted else show, signal=signal, thresholds=thresholds,
+        observe=recorder,
     )  # fmt: skip
     ranking = gates.rank_units(trace, pick, feature)
+    reached = None
+    if reach_wanted:
+        reached = reach.compute_reach(
+            checkpoint.params, trace, targets=targets, lags=lags, window=explorer.training_window(checkpoint)
+        )
+    page_trace, trace = trace, trace.first(show)  # the views and --json show --show characters
     if chosen is None:
         only = None if layer is None else layer - 1
         if view == "heatmap":
@@ -131,18 +153,28 @@ def inspect_gates_command(
                     f"no --units given: showing the top 2, {', '.join(map(str, chosen))}", markup=False
                 )
 
-    options = gates_view.ViewOptions(view=view, units=chosen, signal=signal, model_name=path.name)
+    options = gates_view.ViewOptions(
+        view=view, units=chosen, signal=signal, model_name=path.name, reach=reached, at=at
+    )
     console = gates_view.make_console(width=width, ascii_only=ascii_only)
 
     def draw(target, look) -> None:
         gates_view.render(target, look, trace, ranking, options)
 
     draw(console, gates_view.choose_look(console, ascii_only))
-    if save is not None:
+    if page_wanted:
+        page = explorer.build_page(
+            checkpoint, page_trace, recorder, ranking, reached, model_name=path.name, feature=feature,
+            chosen=chosen, curves=explorer.curves_of(path),
+        )  # fmt: skip
+        page.save(save)
+        notices.print(f"saved: {save} (the explorer page, {len(page) / 1e6:.1f} MB)", markup=False)
+    elif save is not None:
         gates_view.save(save, draw, console.width, ascii_only)
         notices.print(f"saved: {save}", markup=False)
     if json_out is not None:
         document = gates.to_json(trace, ranking, chosen, str(path))
+        document["reach"] = reach.to_json(reached)
         try:
             json_out.write_text(json.dumps(document, ensure_ascii=ascii_only), encoding="utf-8")
         except OSError as exc:
@@ -169,6 +201,15 @@ def _check_options(view, signal, pick, top, max_chars, show, width, sample, save
         raise ConfigError(f"--sample must be between 1 and --max-chars ({max_chars:,}), got {sample:,}")
     if save is not None:
         gates_view.check_save_path(save)
+
+
+def _check_reach_options(targets: int | None, lags: int, at: int | None) -> None:
+    if targets is not None and not 1 <= targets <= reach.MAX_TARGETS:
+        raise ConfigError(f"--reach must be between 1 and {reach.MAX_TARGETS:,}, got {targets:,}")
+    if lags < 0:
+        raise ConfigError(f"--lags must be at least 0, got {lags}")
+    if at is not None and at < 0:
+        raise ConfigError(f"--at must be at least 0, got {at}")
 
 
 def _read_source(
