@@ -285,7 +285,7 @@ function showTooltip() {
   tip.appendChild(tableEl);
   const bits = META.bits[t];
   const surprise = document.createElement("div");
-  surprise.textContent = bits === null ? "surprise: not scored here" : `surprise at this character: ${bits.toFixed(2)} bits`;
+  surprise.textContent = bits === null ? "surprise: not scored (no prediction before this character)" : `surprise at this character: ${bits.toFixed(2)} bits`;
   tip.appendChild(surprise);
   if (guessIds) {
     const top = META.guesses.top, guesses = document.createElement("div");
@@ -740,6 +740,7 @@ async function main() {
   window.addEventListener("hashchange", async () => { readHash(); await ensureLayer(state.unit.layer); refresh(); });
   $("footer").textContent = `Signals are stored as 8-bit codes: i, f, o on [0, 1] (error ≤ 1/510), g, tanh c and h on [−1, 1] (error ≤ 1/255). ` +
     `Per-character data for ${META.kept.reduce((n, k) => n + k.length, 0)} of ${L * H} units. Made by charlstm inspect-gates.`;
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = "true";
 }
 
