@@ -146,7 +146,9 @@ def measure_pages(repeats: int) -> list[dict]:
                     hovers.append(tab.evaluate(HOVER_PROBE))
                     context.close()
                 browser.close()
-            row.update(load=min(loads), hover_median=min(h[0] for h in hovers), hover_max=min(h[1] for h in hovers))
+            row.update(
+                load=min(loads), hover_median=min(h[0] for h in hovers), hover_max=min(h[1] for h in hovers)
+            )
         rows.append(row)
     shutil.rmtree(folder)
     return rows
@@ -165,7 +167,8 @@ def explorer_table(args) -> None:
     columns = ("chars", "units", "page MB", "build s", "load ms", "hover ms", "hover max")
     print("  ".join(f"{c:>9}" for c in columns))
     for row in measure_pages(args.repeats):
-        cells = [f"{row['chars']:,}", "all" if row["chars"] <= 2000 else "top 64", f"{row['bytes'] / 1e6:.2f}",
+        units = "all" if row["chars"] <= 2000 else "top 64"
+        cells = [f"{row['chars']:,}", units, f"{row['bytes'] / 1e6:.2f}",
                  f"{row['build']:.1f}"]  # fmt: skip
         if "load" in row:
             cells += [f"{row['load']:.0f}", f"{row['hover_median']:.1f}", f"{row['hover_max']:.1f}"]

@@ -183,7 +183,7 @@ class Trace:
     def first(self, shown: int) -> Trace:
         """The same trace with at most `shown` characters in its shown span."""
         S = max(1, min(shown, self.shown))
-        if S == self.shown:
+        if self.shown == S:
             return self
         return dataclasses.replace(self, gates=self.gates[:, :S], c=self.c[:, :S], h=self.h[:, :S])
 

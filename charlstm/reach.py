@@ -25,7 +25,18 @@ DEFAULT_TARGETS = 400
 DEFAULT_LAGS = 100
 MAX_TARGETS = 20_000
 DOMAIN_LOW_QUANTILE = 0.01  # the log colour scale runs from this quantile of all values to the top
-LAG_BANDS = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, 199), (200, 499), (500, 10**9))
+LAG_BANDS = (
+    (0, 0),
+    (1, 1),
+    (2, 4),
+    (5, 9),
+    (10, 19),
+    (20, 49),
+    (50, 99),
+    (100, 199),
+    (200, 499),
+    (500, 10**9),
+)
 
 
 @dataclass
@@ -140,7 +151,9 @@ def compute_reach(
     )
 
 
-def _cell_backward(trace: Trace, layer: int, at: np.ndarray, dh: np.ndarray, dc_next: np.ndarray) -> np.ndarray:
+def _cell_backward(
+    trace: Trace, layer: int, at: np.ndarray, dh: np.ndarray, dc_next: np.ndarray
+) -> np.ndarray:
     """One LSTM step backward for B streams at positions `at` (B,): from dh (B, H), the gradient
     reaching h there, and dc_next (B, H), the gradient reaching c there from the step after
     (overwritten with the gradient reaching the memory before), to dz (B, 4H) with respect to
@@ -171,7 +184,9 @@ def _forget_products(trace: Trace, positions: np.ndarray, K: int) -> np.ndarray:
     out = np.full((L, K + 1), np.nan)
     out[:, 0] = 1.0
     for layer in range(L):
-        log_f = np.log(np.maximum(trace.gates[layer, : positions[-1] + 1, H : 2 * H].astype(np.float64), 1e-300))
+        log_f = np.log(
+            np.maximum(trace.gates[layer, : positions[-1] + 1, H : 2 * H].astype(np.float64), 1e-300)
+        )
         running = np.zeros((positions.size, H))  # (R, H) sum of log f over the last k steps
         for k in range(1, K + 1):
             valid = positions >= k  # positions ascend: the valid targets are a suffix

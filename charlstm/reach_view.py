@@ -77,9 +77,7 @@ def draw_reach(console: Console, look: Look, trace: Trace, reach: Reach, at: int
             style="bold" if window_here else None,
         )
     console.print(table)
-    window = (
-        f" The model was trained on windows of {reach.window} characters (BPTT)." if reach.window else ""
-    )
+    window = f" The model was trained on windows of {reach.window} characters (BPTT)." if reach.window else ""
     console.print(
         Text(
             f"Over {reach.targets.size} target positions and lags 0 to {reach.lags}. 'median prod f': "

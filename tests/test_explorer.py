@@ -49,8 +49,9 @@ def files(tmp_path_factory):
     page, export = folder / "page.html", folder / "out.json"
     result = CliRunner().invoke(
         app,
-        ["inspect-gates", "--model", str(model), "--file", str(text), "--units", UNIT, "--show", str(len(TEXT)),
-         "--feature", "said", "--lags", "30", "--save", str(page), "--json", str(export)],
+        ["inspect-gates", "--model", str(model), "--file", str(text), "--units", UNIT,
+         "--show", str(len(TEXT)), "--feature", "said", "--lags", "30",
+         "--save", str(page), "--json", str(export)],
         env={"COLUMNS": "100"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -63,7 +64,14 @@ def files(tmp_path_factory):
 
 def test_quantisation_error_is_within_half_a_step():
     values = np.linspace(-1, 1, 1001)
-    for signal, bound in (("i", 1 / 510), ("f", 1 / 510), ("o", 1 / 510), ("g", 1 / 255), ("c", 1 / 255), ("h", 1 / 255)):
+    for signal, bound in (
+        ("i", 1 / 510),
+        ("f", 1 / 510),
+        ("o", 1 / 510),
+        ("g", 1 / 255),
+        ("c", 1 / 255),
+        ("h", 1 / 255),
+    ):
         x = (values + 1) / 2 if signal in payload.UNIT_SCALE else values
         back = payload.dequantise(payload.quantise(x, signal), signal)
         assert np.abs(back - x).max() <= bound + 1e-12
@@ -74,17 +82,23 @@ def test_the_page_is_self_contained_and_its_text_is_inert(files):
     policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
     assert policy.startswith("default-src 'none';") and "img-src data: blob:" in policy
     assert "unsafe-eval" not in policy
-    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)  # the SVG namespace is a name, not a request
+    assert not re.search(
+        r"https?://(?!www\.w3\.org/2000/svg)", html
+    )  # the SVG namespace is a name, not a request
     assert not re.search(r"<(link|img|iframe|object|embed)\b", html.split("<script")[0])
     # The hostile text closes no element and starts no markup: it lives, escaped, in the JSON.
     assert html.count("</script>") == html.count("<script")
     assert "<img src=x" not in html and "&lt;" not in html.split('id="meta">')[1].split("</script>")[0]
-    meta = json.loads(re.search(r'<script type="application/json" id="meta">(.*?)</script>', html, re.S).group(1))
+    meta = json.loads(
+        re.search(r'<script type="application/json" id="meta">(.*?)</script>', html, re.S).group(1)
+    )
     assert meta["text"] == TEXT  # exactly, once parsed
 
 
 def test_the_page_holds_every_unit_when_small_and_the_top_units_when_large(files, monkeypatch):
-    meta = json.loads(re.search(r'id="meta">(.*?)</script>', files["page"].read_text(encoding="utf-8"), re.S).group(1))
+    meta = json.loads(
+        re.search(r'id="meta">(.*?)</script>', files["page"].read_text(encoding="utf-8"), re.S).group(1)
+    )
     assert meta["kept"] == [list(range(8)), list(range(8))]
     assert set(meta["rankings"]) == {"variance", "integrator", "quote", "line-pos", "indent", "depth", "said"}
     assert meta["rankings"]["said"]["custom"] and meta["rankings"]["quote"]["available"]
@@ -107,7 +121,7 @@ def test_a_feature_absent_from_the_text_is_explained_not_fatal(files):
 def test_jupyter_shows_the_page_in_an_iframe(files, tmp_path):
     page = explorer.explore("some text to read", model=files["model"])
     shown = page._repr_html_()
-    assert shown.startswith("<iframe srcdoc=\"") and "&lt;script" in shown and "<script" not in shown
+    assert shown.startswith('<iframe srcdoc="') and "&lt;script" in shown and "<script" not in shown
     saved = page.save(tmp_path / "p.html")
     assert saved.read_text(encoding="utf-8") == page.html and not list(tmp_path.glob(".*tmp"))
 
@@ -187,7 +201,7 @@ def test_unit_rows_arrow_keys_and_the_hash(browser, files):
     assert hash_of(page)["unit"] == "L1:2"
     page.click('#unit-table tr[data-unit="L2:5"]')
     assert hash_of(page)["unit"] == "L2:5"
-    assert page.locator('#unit-table tr.selected').get_attribute("data-unit") == "L2:5"
+    assert page.locator("#unit-table tr.selected").get_attribute("data-unit") == "L2:5"
     page.focus("#text")
     page.keyboard.press("ArrowRight")
     assert hash_of(page)["pos"] == "11"
@@ -289,7 +303,8 @@ def test_the_screenshot_is_not_blank(browser, files):
     heatmap = page.evaluate(
         """() => { const c = document.getElementById('hm-canvas');
                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                   const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] << 16 | d[i+1] << 8 | d[i+2]);
+                   const seen = new Set();
+                   for (let i = 0; i < d.length; i += 4) seen.add(d[i] << 16 | d[i+1] << 8 | d[i+2]);
                    return [c.width, c.height, seen.size]; }"""
     )
     assert heatmap[0] > 100 and heatmap[1] >= 16 and heatmap[2] > 20

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 import reference
+
 from charlstm import gates, reach
 from charlstm.data import Vocab
 from charlstm.errors import ConfigError
@@ -54,7 +54,9 @@ def test_sensitivity_equals_finite_differences(embed):
             up, down = x.copy(), x.copy()
             up[W + t - k, 0, d] += eps
             down[W + t - k, 0, d] -= eps
-            grad[d] = (log_p_next(weights, up, ids, W + t) - log_p_next(weights, down, ids, W + t)) / (2 * eps)
+            grad[d] = (log_p_next(weights, up, ids, W + t) - log_p_next(weights, down, ids, W + t)) / (
+                2 * eps
+            )
         assert result.sensitivity[t, k] == pytest.approx(np.linalg.norm(grad), rel=1e-6, abs=1e-10), (t, k)
     # Lags before the text are not computed, and the gradient does not vanish to zero here.
     assert np.isnan(result.sensitivity[3, 4:]).all() and np.isfinite(result.sensitivity[3, :4]).all()

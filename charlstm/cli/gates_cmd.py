@@ -85,10 +85,15 @@ def inspect_gates_command(
     ] = None,
     reach_targets: Annotated[
         int | None,
-        typer.Option("--reach", help=f"Reach: target positions (default: the shown ones, at most {reach.DEFAULT_TARGETS})."),
+        typer.Option(
+            "--reach",
+            help=f"Reach: target positions (default: the shown ones, at most {reach.DEFAULT_TARGETS}).",
+        ),
     ] = None,
     lags: Annotated[int, typer.Option(help="Reach: lags back from each target.")] = reach.DEFAULT_LAGS,
-    at: Annotated[int | None, typer.Option(help="--view reach: the target position (default: the last).")] = None,
+    at: Annotated[
+        int | None, typer.Option(help="--view reach: the target position (default: the last).")
+    ] = None,
 ) -> None:
     """Show how the gates of each LSTM unit respond to each character of a text."""
     ranks.alone_only("inspect-gates")

@@ -106,7 +106,7 @@ function svgText(parent, x, y, text, anchor) {
 }
 
 function legendBar(scale, ticks, label) {
-  const box = svg("svg", { width: 250, height: 34, role: "img", "aria-label": label });
+  const box = svg("svg", { width: 360, height: 34, role: "img", "aria-label": label });
   const id = "grad-" + scale;
   const grad = svg("linearGradient", { id }, svg("defs", {}, box));
   for (let q = 0; q <= 8; q++) svg("stop", { offset: q / 8, "stop-color": CSS[scale][Math.round(q / 8 * 255)] }, grad);

@@ -165,7 +165,12 @@ def build_payload(
     payload.meta = {
         "format": "charlstm-explorer/1",
         "model": model_name,
-        "config": {"layers": cfg.layers, "hidden": cfg.hidden, "embed": cfg.embed, "vocab_size": cfg.vocab_size},
+        "config": {
+            "layers": cfg.layers,
+            "hidden": cfg.hidden,
+            "embed": cfg.embed,
+            "vocab_size": cfg.vocab_size,
+        },
         "text": trace.text,
         "n_chars": trace.n_chars,
         "warmup_chars": trace.n_warmup,
@@ -179,8 +184,12 @@ def build_payload(
         "unit_scale": list(UNIT_SCALE),
         "kept": kept,
         "blocks": blocks,
-        "guesses": {"ids": "guess-ids", "probs": "guess-probs", "top": int(trace.guess_ids.shape[1]),
-                    "wide": guess_dtype == np.uint16},  # fmt: skip
+        "guesses": {
+            "ids": "guess-ids",
+            "probs": "guess-probs",
+            "top": int(trace.guess_ids.shape[1]),
+            "wide": guess_dtype == np.uint16,
+        },  # fmt: skip
         "rankings": rankings_of(trace, ranking, feature),
         "default_ranking": ranking.feature if ranking.method == "feature" else ranking.method,
         "ranked_signal": trace.signal,
@@ -188,7 +197,9 @@ def build_payload(
         "saturation": {
             "gates": list(gates.SATURATION_GATES),
             "left": [[_numbers(stats.unit_left[layer, k]) for k in range(3)] for layer in range(cfg.layers)],
-            "right": [[_numbers(stats.unit_right[layer, k]) for k in range(3)] for layer in range(cfg.layers)],
+            "right": [
+                [_numbers(stats.unit_right[layer, k]) for k in range(3)] for layer in range(cfg.layers)
+            ],
         },
         "memory": {
             "median_forget": _numbers(stats.median_forget, 6),
