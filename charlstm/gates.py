@@ -704,6 +704,16 @@ def _numbers(values: np.ndarray, digits: int = 6) -> list:
     return [v if k else None for v, k in zip(rounded.tolist(), ok.tolist(), strict=True)]
 
 
+def model_shape(config: ModelConfig) -> dict:
+    """The model's shape as exports show it."""
+    return {
+        "layers": config.layers,
+        "hidden": config.hidden,
+        "embed": config.embed,
+        "vocab_size": config.vocab_size,
+    }
+
+
 def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> dict:
     """Everything `inspect-gates` measured, as plain JSON values: statistics for every unit,
     full arrays for the units shown (`shown`: the displayed span, raw c; `signal`: the ranked
@@ -761,12 +771,7 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
     return {
         "format": "charlstm-gates/1",
         "model": model,
-        "config": {
-            "layers": cfg.layers,
-            "hidden": cfg.hidden,
-            "embed": cfg.embed,
-            "vocab_size": cfg.vocab_size,
-        },
+        "config": model_shape(cfg),
         "text": trace.text,
         "n_chars": trace.n_chars,
         "warmup_chars": trace.n_warmup,

@@ -165,16 +165,11 @@ def build_payload(
     payload.meta = {
         "format": "charlstm-explorer/1",
         "model": model_name,
-        "config": {
-            "layers": cfg.layers,
-            "hidden": cfg.hidden,
-            "embed": cfg.embed,
-            "vocab_size": cfg.vocab_size,
-        },
+        "config": gates.model_shape(cfg),
         "text": trace.text,
         "n_chars": trace.n_chars,
         "warmup_chars": trace.n_warmup,
-        "unknown": trace.known.size - int(trace.known.sum()),
+        "unknown": trace.n_unknown,
         "vocab": trace.vocab_chars,
         "bits_per_char": None if math.isnan(trace.bits_per_char) else round(trace.bits_per_char, 4),
         "bits": _numbers(trace.bits, 3),
