@@ -340,7 +340,7 @@ def _cache_key(paths: Sequence[Path], stats: Sequence[os.stat_result]) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_file(target: Path) -> Iterator[BinaryIO]:
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
     """Write a temp file beside `target`, then rename it over: never half a file."""
     prefix = f".{target.name}."
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
@@ -390,11 +390,11 @@ def _write_cache(
     }
     try:
         tokens_file.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic_file(tokens_file) as f:
+        with atomic_file(tokens_file) as f:
             np.lib.format.write_array_header_1_0(f, header)
             for ids in chunks:
                 f.write(ids.data)
-        with _atomic_file(vocab_file) as f:
+        with atomic_file(vocab_file) as f:
             np.save(f, vocab.to_array(), allow_pickle=False)
     except OSError as e:
         where = e.filename or tokens_file.parent

@@ -697,7 +697,7 @@ def feature_correlation(
 # Export
 
 
-def _numbers(values: np.ndarray, digits: int = 6) -> list:
+def json_numbers(values: np.ndarray, digits: int = 6) -> list:
     """A JSON-ready list: rounded floats, None for NaN and infinities."""
     rounded = np.round(np.asarray(values, dtype=np.float64), digits)
     ok = np.isfinite(rounded)
@@ -737,8 +737,8 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
         memory_rows.append(
             {
                 "layer": layer + 1,
-                "median_forget": _numbers(stats.median_forget[layer : layer + 1], 8)[0],
-                "half_life_steps": _numbers(stats.half_life[layer : layer + 1], 3)[0],
+                "median_forget": json_numbers(stats.median_forget[layer : layer + 1], 8)[0],
+                "half_life_steps": json_numbers(stats.half_life[layer : layer + 1], 3)[0],
                 "integrators": int(stats.integrators[layer]),
             }
         )
@@ -760,10 +760,12 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
                 "unit": str(unit),
                 "layer": unit.layer + 1,
                 "index": unit.index,
-                "mean": dict(zip(GATE_NAMES, _numbers(stats.mean[unit.layer, :, unit.index]), strict=True)),
-                "std": dict(zip(GATE_NAMES, _numbers(stats.std[unit.layer, :, unit.index]), strict=True)),
-                "shown": {name: _numbers(trace.series(unit, name)) for name in SIGNALS},
-                "signal": _numbers(trace.values[unit.layer, :, unit.index]),
+                "mean": dict(
+                    zip(GATE_NAMES, json_numbers(stats.mean[unit.layer, :, unit.index]), strict=True)
+                ),
+                "std": dict(zip(GATE_NAMES, json_numbers(stats.std[unit.layer, :, unit.index]), strict=True)),
+                "shown": {name: json_numbers(trace.series(unit, name)) for name in SIGNALS},
+                "signal": json_numbers(trace.values[unit.layer, :, unit.index]),
             }
         )
     S, shown_guesses = trace.shown, min(SHOWN_GUESSES, trace.guess_ids.shape[1])
@@ -777,7 +779,7 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
         "warmup_chars": trace.n_warmup,
         "shown_chars": trace.shown,
         "unknown_chars": trace.n_unknown,
-        "bits_per_char": _numbers(np.array([trace.bits_per_char]))[0],
+        "bits_per_char": json_numbers(np.array([trace.bits_per_char]))[0],
         "signal": trace.signal,
         "signal_note": "tanh(c) for c" if trace.signal == "c" else "as computed",
         "thresholds": {"left": th.left, "right": th.right, "mostly": th.mostly, "z": th.z},
@@ -790,8 +792,8 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
             "n_shifts": ranking.n_shifts,
             "units": ranked,
         },
-        "feature": None if ranking.feature_values is None else _numbers(ranking.feature_values),
+        "feature": None if ranking.feature_values is None else json_numbers(ranking.feature_values),
         "units": chosen,
-        "surprisal_bits": _numbers(trace.bits, 4),
-        "guesses": {"chars": guesses, "probs": _numbers(trace.guess_probs[:S, :shown_guesses], 5)},
+        "surprisal_bits": json_numbers(trace.bits, 4),
+        "guesses": {"chars": guesses, "probs": json_numbers(trace.guess_probs[:S, :shown_guesses], 5)},
     }

@@ -11,10 +11,10 @@ import contextlib
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .data import atomic_file
 
 COLUMNS = ("step", "elapsed", "lr", "train_loss", "grad_norm", "chars_per_s", "val_loss")
 # step rows leave val_loss empty; validation rows leave lr .. chars_per_s empty
@@ -160,12 +160,5 @@ def _kept_lines(path: Path, resume_step: int) -> list[str]:
 def _replace(path: Path, lines: list[str]) -> None:
     """Write `lines` to `path` atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.writelines(lines)
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
+    with atomic_file(path) as out:
+        out.write("".join(lines).encode("utf-8"))

@@ -104,7 +104,7 @@ def compute_reach(
     config = params.config
     if lags < 0:
         raise ConfigError(f"--lags must be at least 0, got {lags}")
-    count = min(trace.shown, DEFAULT_TARGETS) if targets is None else targets
+    count = target_count(targets, trace.shown)
     if not 1 <= count <= MAX_TARGETS:
         raise ConfigError(f"--reach must be between 1 and {MAX_TARGETS:,}, got {count:,}")
     count = min(count, trace.shown, trace.n_chars - 1)  # a target needs a next character
@@ -149,6 +149,17 @@ def compute_reach(
         input_name="embedding row" if config.embed > 0 else "one-hot vector",
         window=window,
     )
+
+
+def target_count(requested: int | None, shown: int) -> int:
+    """How many targets `--reach` asks for: the number given, else the shown characters, at
+    most DEFAULT_TARGETS."""
+    return min(shown, DEFAULT_TARGETS) if requested is None else requested
+
+
+def significant(values: np.ndarray, digits: int = 6) -> list:
+    """JSON numbers to `digits` significant digits (values spanning many decades), None for NaN."""
+    return [None if not math.isfinite(v) else float(f"{v:.{digits}g}") for v in np.ravel(values).tolist()]
 
 
 def _cell_backward(
@@ -218,9 +229,6 @@ def to_json(reach: Reach) -> dict:
     median, q1, q3 = reach.decay()
     lo, hi = reach.domain()
 
-    def numbers(values: np.ndarray) -> list:
-        return [None if not math.isfinite(v) else float(f"{v:.6g}") for v in np.ravel(values).tolist()]
-
     return {
         "input": reach.input_name,
         "note": "gradient norm: local sensitivity of log p(next character), not a contribution",
@@ -228,7 +236,7 @@ def to_json(reach: Reach) -> dict:
         "lags": reach.lags,
         "bptt_window": reach.window,
         "domain": [lo, hi],
-        "sensitivity": [numbers(row) for row in reach.sensitivity],
-        "decay": {"median": numbers(median), "q1": numbers(q1), "q3": numbers(q3)},
-        "forget_product": [numbers(row) for row in reach.forget_product],
+        "sensitivity": [significant(row) for row in reach.sensitivity],
+        "decay": {"median": significant(median), "q1": significant(q1), "q3": significant(q3)},
+        "forget_product": [significant(row) for row in reach.forget_product],
     }

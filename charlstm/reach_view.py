@@ -51,7 +51,7 @@ def draw_reach(console: Console, look: Look, trace: Trace, reach: Reach, at: int
     console.print()
     start = t - K
     chars = cell_chars(trace.text[start : t + 1], look)
-    shade = shades(reach, at_index)[K::-1][: K + 1]  # position start + j is lag K - j
+    shade = shades(reach, at_index)[K::-1]  # position start + j is lag K - j
     rows: list[Row | None] = [text_row("text @{at}", chars, look, shade if look.colour else None, False)]
     if not look.colour:
         rows.append(heat_row("reach", shade, False, look))

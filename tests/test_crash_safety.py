@@ -296,14 +296,14 @@ def test_disk_full_while_building_the_corpus_cache(tmp_path, monkeypatch):
     folder = make_folder(tmp_path)
     from charlstm import data
 
-    real_atomic = data._atomic_file
+    real_atomic = data.atomic_file
 
     def full(target):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
-    monkeypatch.setattr(data, "_atomic_file", full)
+    monkeypatch.setattr(data, "atomic_file", full)
     result = invoke(*train_args(folder, "--steps", 2))
-    monkeypatch.setattr(data, "_atomic_file", real_atomic)
+    monkeypatch.setattr(data, "atomic_file", real_atomic)
     line = one_error_line(result)
     assert "No space left on device" in line
     assert "step 1" not in result.stderr

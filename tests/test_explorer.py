@@ -31,10 +31,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UNIT = "L2:3"
 
 
-def _config_dict():
-    return {"training": {"seq_len": 16}}
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A 2-layer model, the page and the --json export of the same run, made by the CLI."""
@@ -43,7 +39,7 @@ def files(tmp_path_factory):
     config = ModelConfig(vocab_size=vocab.size, layers=2, hidden=8, embed=4)
     params = init_params(config, np.random.default_rng(7))
     params.flat[:] *= 3.0  # livelier gates than at initialisation
-    model = save_checkpoint(folder / "tiny.npz", params, vocab, _config_dict())
+    model = save_checkpoint(folder / "tiny.npz", params, vocab, {"training": {"seq_len": 16}})
     text = folder / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
     page, export = folder / "page.html", folder / "out.json"

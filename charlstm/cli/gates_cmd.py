@@ -117,7 +117,7 @@ def inspect_gates_command(
         gates.check_feature(source, feature)  # a bad feature fails before any output
     page_wanted = save is not None and gates_view.check_save_path(save) in gates_view.PAGE_FORMATS
     reach_wanted = view == "reach" or json_out is not None or page_wanted
-    targets = min(len(source), reach.DEFAULT_TARGETS) if reach_targets is None else reach_targets
+    targets = reach.target_count(reach_targets, len(source))
     if at is not None and not 0 <= at < min(targets, len(source) - 1):
         raise ConfigError(
             f"--at must be a reach target, between 0 and {min(targets, len(source) - 1) - 1}, got {at}"
@@ -169,7 +169,7 @@ def inspect_gates_command(
     draw(console, gates_view.choose_look(console, ascii_only))
     if page_wanted:
         page = explorer.build_page(
-            checkpoint, page_trace, recorder, ranking, reached, model_name=path.name, feature=feature,
+            page_trace, recorder, ranking, reached, model_name=path.name, feature=feature,
             chosen=chosen, curves=explorer.curves_of(path),
         )  # fmt: skip
         page.save(save)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 from .. import gates, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
+from ..data import atomic_file
 from ..errors import CharLSTMError, ConfigError
 from .payload import SignalRecorder, build_payload
 
@@ -34,10 +33,8 @@ class Page:
         """Write the page atomically (a temporary file beside it, then a rename)."""
         path = Path(path)
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(self.html)
-            os.replace(temp, path)
+            with atomic_file(path) as out:
+                out.write(self.html.encode("utf-8"))
         except OSError as exc:
             raise CharLSTMError(f"{path}: cannot write ({exc.strerror or exc})") from None
         return path
@@ -64,7 +61,6 @@ def _asset(name: str) -> str:
 
 
 def build_page(
-    checkpoint: Checkpoint,
     trace: gates.Trace,
     recorder: SignalRecorder,
     ranking: gates.Ranking,
@@ -130,7 +126,7 @@ def explore(
         gates.check_feature(text, feature)
     config = checkpoint.model_config
     recorder = SignalRecorder(config.layers, len(text), config.hidden)
-    count = min(len(text), reach.DEFAULT_TARGETS) if targets is None else targets
+    count = reach.target_count(targets, len(text))
     trace = gates.compute_trace(
         checkpoint.params, checkpoint.vocab, text, warmup=warmup, show=count, signal=signal,
         thresholds=thresholds, observe=recorder,
@@ -140,6 +136,6 @@ def explore(
         checkpoint.params, trace, targets=count, lags=lags, window=training_window(checkpoint)
     )
     return build_page(
-        checkpoint, trace, recorder, ranking, reached,
+        trace, recorder, ranking, reached,
         model_name=path.name, feature=feature, curves=curves_of(path),
     )  # fmt: skip

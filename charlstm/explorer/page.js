@@ -25,7 +25,7 @@ function base64Bytes(text) {
   const s = text.replace(/[^A-Za-z0-9+/]/g, "");
   const out = new Uint8Array(Math.floor(s.length * 3 / 4));
   let o = 0;
-  for (let i = 0; i + 3 < s.length + 3; i += 4) {
+  for (let i = 0; i < s.length; i += 4) {
     const a = B64[s.charCodeAt(i)], b = B64[s.charCodeAt(i + 1)];
     const c = i + 2 < s.length ? B64[s.charCodeAt(i + 2)] : 0, d = i + 3 < s.length ? B64[s.charCodeAt(i + 3)] : 0;
     const n = (a << 18) | (b << 12) | (c << 6) | d;

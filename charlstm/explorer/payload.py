@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import gates
-from ..gates import SIGNALS, Ranking, Trace, Unit
+from ..gates import SIGNALS, Ranking, Trace, Unit, json_numbers
 from ..model import GATE_NAMES
-from ..reach import Reach
+from ..reach import Reach, significant
 
 UNIT_SCALE = ("i", "f", "o")  # [0, 1]; the others are signed, on [-1, 1]
 ALL_UNITS_BUDGET = 2_000 * 1024  # units x characters that get their full signals (2,000 x 2x512)
@@ -87,16 +87,6 @@ class Payload:
         return name
 
 
-def _numbers(values, digits: int = 4) -> list:
-    rounded = np.round(np.asarray(values, dtype=np.float64), digits)
-    return [None if not math.isfinite(v) else v for v in rounded.ravel().tolist()]
-
-
-def _significant(values, digits: int = 5) -> list:
-    """Floats to `digits` significant digits (for values spanning many decades), None for NaN."""
-    return [None if not math.isfinite(v) else float(f"{v:.{digits}g}") for v in np.ravel(values).tolist()]
-
-
 def _ranking_rows(ranking: Ranking) -> list[list]:
     rows = []
     for s in ranking.scores:
@@ -115,7 +105,7 @@ def rankings_of(trace: Trace, ranking: Ranking, feature: str | None) -> dict[str
     for name in names:
         entry: dict = {"name": name}
         try:
-            if ranking.method == "feature" and name == ranking.feature or ranking.method == name:
+            if name in (ranking.method, ranking.feature):  # the ranking already made
                 ranked = ranking
             elif name in gates.PICKS:
                 ranked = gates.rank_units(trace, name)
@@ -172,7 +162,7 @@ def build_payload(
         "unknown": trace.n_unknown,
         "vocab": trace.vocab_chars,
         "bits_per_char": None if math.isnan(trace.bits_per_char) else round(trace.bits_per_char, 4),
-        "bits": _numbers(trace.bits, 3),
+        "bits": json_numbers(trace.bits, 3),
         "signals": list(SIGNALS),
         "signal_help": gates.SIGNAL_HELP,
         "signal_roles": gates.SIGNAL_ROLES,
@@ -191,14 +181,16 @@ def build_payload(
         "thresholds": {"left": trace.thresholds.left, "right": trace.thresholds.right},
         "saturation": {
             "gates": list(gates.SATURATION_GATES),
-            "left": [[_numbers(stats.unit_left[layer, k]) for k in range(3)] for layer in range(cfg.layers)],
+            "left": [
+                [json_numbers(stats.unit_left[layer, k], 4) for k in range(3)] for layer in range(cfg.layers)
+            ],
             "right": [
-                [_numbers(stats.unit_right[layer, k]) for k in range(3)] for layer in range(cfg.layers)
+                [json_numbers(stats.unit_right[layer, k], 4) for k in range(3)] for layer in range(cfg.layers)
             ],
         },
         "memory": {
-            "median_forget": _numbers(stats.median_forget, 6),
-            "half_life": _numbers(stats.half_life, 2),
+            "median_forget": json_numbers(stats.median_forget, 6),
+            "half_life": json_numbers(stats.half_life, 2),
             "integrators": stats.integrators.tolist(),
         },
         "reach": {
@@ -208,10 +200,10 @@ def build_payload(
             "domain": [lo, hi],
             "input": reach.input_name,
             "window": reach.window,
-            "median": _significant(median),
-            "q1": _significant(q1),
-            "q3": _significant(q3),
-            "forget_product": [_significant(row) for row in reach.forget_product],
+            "median": significant(median, 5),
+            "q1": significant(q1, 5),
+            "q3": significant(q3, 5),
+            "forget_product": [significant(row, 5) for row in reach.forget_product],
         },
         "curves": curves,
     }
