@@ -151,8 +151,8 @@ class Trace:
     c: np.ndarray  # (L, S, H) memory on the shown span
     h: np.ndarray  # (L, S, H)
     bits: np.ndarray  # (N,) surprisal of each character in bits (NaN: first, or unknown)
-    guess_ids: np.ndarray  # (N, 5) the model's top guesses for the character after each one
-    guess_probs: np.ndarray  # (N, 5)
+    guess_ids: np.ndarray  # (G, 5) the model's top guesses for the character after each of the
+    guess_probs: np.ndarray  # (G, 5)   first G: the shown span, or every character if asked
     stats: GateStats
     thresholds: Thresholds
     start_c: np.ndarray  # (L, H) the memory before the first character (after the warm-up)
@@ -225,6 +225,7 @@ def compute_trace(
     thresholds: Thresholds | None = None,
     window: int = WINDOW,
     observe: LayerObserver | None = None,
+    guess_everywhere: bool = False,
 ) -> Trace:
     """Run the model over `warmup` (not recorded) and then `text` (at most MAX_CHARS), one
     stream, `window` characters at a time, the layers pipelined on threads (stream.py).
@@ -232,7 +233,9 @@ def compute_trace(
 
     Characters missing from the vocabulary are read as a space (or the first character of
     the vocabulary) and left out of the bits per character. `observe(layer, start, stop, g,
-    c_seq, h_seq)` sees every window of every layer, on that layer's thread (stream.py)."""
+    c_seq, h_seq)` sees every window of every layer, on that layer's thread (stream.py). The top
+    guesses cover the shown span, or with `guess_everywhere` every character (the explorer's
+    tooltips): over 20,000 characters that costs 0.09 s, half a 1x128 trace."""
     config = params.config
     thresholds = (thresholds or Thresholds()).check()
     check_signal(signal)
@@ -270,7 +273,8 @@ def compute_trace(
     gates_shown = np.empty((L, S, 4 * H), dtype=params.dtype)
     c_shown = np.empty((L, S, H), dtype=params.dtype)
     h_shown = np.empty((L, S, H), dtype=params.dtype)
-    guess_ids = np.zeros((N, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
+    G = N if guess_everywhere else S
+    guess_ids = np.zeros((G, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
     guess_probs = np.zeros(guess_ids.shape)
     below = np.zeros((L, 4 * H), dtype=np.int64)  # per gate unit: steps below thresholds.left
     above = np.zeros((L, 4 * H), dtype=np.int64)
@@ -285,7 +289,9 @@ def compute_trace(
             logp = np.empty(n_next)
             kernels.token_log_probs(logp, logits[:n_next], ids[start + 1 : start + 1 + n_next])
             bits[start + 1 : start + 1 + n_next] = -logp / math.log(2.0)
-        _top_guesses(guess_ids[start:stop], guess_probs[start:stop], logits[: stop - start])
+        if start < G:
+            g_stop = min(stop, G)
+            _top_guesses(guess_ids[start:g_stop], guess_probs[start:g_stop], logits[: g_stop - start])
 
     def on_layer(layer: int, start: int, stop: int, g: np.ndarray, c_seq, h_seq) -> None:
         # g (n, 4H), c_seq and h_seq (n, H): this layer's window of the text

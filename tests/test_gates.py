@@ -96,9 +96,15 @@ def test_trace_matches_reference(embed, dtype):
     expected_bits = -logp[np.arange(W - 1, W + len(text) - 1), ids[W:]] / math.log(2)
     np.testing.assert_allclose(trace.bits, expected_bits, rtol=1e-5)
     assert trace.bits_per_char == pytest.approx(expected_bits.mean(), rel=1e-5)
-    order = np.argsort(-logp[W:], axis=1, kind="stable")[:, : gates.TOP_GUESSES]  # every character
-    np.testing.assert_array_equal(trace.guess_ids, order)
-    np.testing.assert_allclose(trace.guess_probs, np.exp(np.take_along_axis(logp[W:], order, 1)), rtol=1e-5)
+    order = np.argsort(-logp[W:], axis=1, kind="stable")[:, : gates.TOP_GUESSES]
+    np.testing.assert_array_equal(trace.guess_ids, order[:S])  # the shown span
+    np.testing.assert_allclose(
+        trace.guess_probs, np.exp(np.take_along_axis(logp[W : W + S], order[:S], 1)), rtol=1e-5
+    )
+    everywhere = gates.compute_trace(
+        params, vocab, text, warmup=warmup, show=S, window=5, guess_everywhere=True
+    )
+    np.testing.assert_array_equal(everywhere.guess_ids, order)  # every character
 
 
 def test_trace_without_warmup_has_no_first_prediction_and_skips_unknown_characters():

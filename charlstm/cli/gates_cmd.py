@@ -137,7 +137,7 @@ def inspect_gates_command(
     trace = gates.compute_trace(
         checkpoint.params, checkpoint.vocab, source, warmup=warmup,
         show=max(show, targets) if reach_wanted else show, signal=signal, thresholds=thresholds,
-        observe=recorder,
+        observe=recorder, guess_everywhere=page_wanted,
     )  # fmt: skip
     ranking = gates.rank_units(trace, pick, feature)
     reached = None

@@ -129,7 +129,7 @@ def explore(
     count = reach.target_count(targets, len(text))
     trace = gates.compute_trace(
         checkpoint.params, checkpoint.vocab, text, warmup=warmup, show=count, signal=signal,
-        thresholds=thresholds, observe=recorder,
+        thresholds=thresholds, observe=recorder, guess_everywhere=True,
     )  # fmt: skip
     ranking = gates.rank_units(trace, pick, feature)
     reached = reach.compute_reach(
