@@ -221,7 +221,6 @@ class _TrainBuffers:
 
     def __init__(self, config: ModelConfig, T: int, B: int, U: int, dtype: np.dtype):
         H, L, V = config.hidden, config.layers, config.vocab_size
-        self.proj = np.empty((4 * H, T, B), dtype=dtype)  # a layer's input projection Wx.T·x
         self.act = np.empty((L, T, 4 * H, B), dtype=dtype)  # activated i, f, g, o
         self.c_steps = np.empty((L, T, H, B), dtype=dtype)  # cell memory
         self.h_seq = np.empty((L, H, T, B), dtype=dtype)
@@ -243,13 +242,24 @@ class _TrainBuffers:
         self.Wh_bands = np.empty((U, 0 if tiled else 4 * Hu, H), dtype=dtype)
         self.Wh_packed = np.empty((U, _tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
         self.Wh_rows_packed = np.empty((U, _tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
-        # Wx above the first layer: transposed for BLAS (the tiles on its window-wide products
-        # measured 10% faster alone, but a full step at 2x256 5% slower on one thread). The head's
+        # Wx above the first layer. Coupled (the compile target's tiles serve tiles.COUPLING; no
+        # measured CPU's do today, see tiles.GEOMETRIES):
+        # packed like Wh, for the step kernels' own tile products x_t·Wx and Wx·dz_t, where the
+        # layer below's output and the gradient passed down stay step-major (`steps`, two
+        # alternating buffers). Otherwise transposed for BLAS: one window-wide product each
+        # way, through the feature-major `proj` and `dh` (the tiles on those window-wide
+        # products measured 10% faster alone, but a full step at 2x256 5% slower on one
+        # thread: their x, rows T*B apart, does not stay in cache). The head's
         # W: in tiles of rows for kernels.tiled_matmul when they serve (head.W.T, padded with
         # zero rows to whole tiles, for the logits; head.W for dh), else transposed for BLAS
         # (whose backward reads head.W itself). Whether the tiles serve the head (and dWh in the
         # steps) is the compile target's measured choice: tiles.GEOMETRIES.
-        self.Wx_T = np.empty((4 * H, H), dtype=dtype)
+        self.coupled = L > 1 and tiled and _tiles_serve(tiles.COUPLING, 4 * Hu, B, dtype)
+        coupled = self.coupled
+        self.Wx_packed = np.empty((U, _tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
+        self.Wx_rows_packed = np.empty((U, _tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
+        self.Wx_T = np.empty((0 if coupled else 4 * H, H), dtype=dtype)
+        self.proj = np.empty((0 if coupled else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
         head_tiled = _tiles_serve(tiles.HEAD, H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
@@ -264,7 +274,9 @@ class _TrainBuffers:
         self.dz = np.empty((4 * H, T, B), dtype=dtype)
         self.dh = np.empty((H, T, B), dtype=dtype)
         self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
-        self.h_steps = np.empty((T, H, B), dtype=dtype)
+        # Step-major h of a layer (forward), dh of a layer (backward): with the layers coupled
+        # on the tiles, layer l's in steps[l % 2], read by the layer next to it as its input
+        self.steps = np.empty((2 if coupled else 1, T, H, B), dtype=dtype)
         self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.kernels.spin)
 
 
@@ -364,6 +376,11 @@ def _train_forward(
                 kernels.transpose_into(tb.table_T, Wx, U)  # one-hot: column v of Wx.T is character v's
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
+        elif tb.coupled:  # x_t·Wx inside the steps, from the layer below's step-major output
+            if ws.dropout_on:
+                below = _steps_of(tb, layer - 1)
+                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2))
+            kernels.pack_into_bands(tb.Wx_packed, Wx)
         else:
             kernels.transpose_into(tb.Wx_T, Wx, U)
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
@@ -372,10 +389,11 @@ def _train_forward(
         _prepare_forward_weights(tb, params[f"lstm.{layer}.Wh"])
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
+        x_steps, Wx_packed = _coupling_of(tb, layer, tb.Wx_packed)
         kernels.lstm_train_forward(
             tb.h_seq[layer], tb.h_prev[layer], tb.h_prev_rows[layer], tb.act[layer], tb.c_steps[layer],
-            tb.h_steps, tb.Wh_bands, tb.Wh_packed, params[f"lstm.{layer}.b"], tb.h0[layer], tb.c0[layer],
-            tb.table_T, _tokens_of(ws, layer), tb.meeting,
+            _steps_of(tb, layer), tb.Wh_bands, tb.Wh_packed, params[f"lstm.{layer}.b"], tb.h0[layer],
+            tb.c0[layer], tb.table_T, _tokens_of(ws, layer), x_steps, Wx_packed, tb.meeting,
         )  # fmt: skip
         if ws.dropout_on:
             kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
@@ -409,7 +427,13 @@ def _train_backward(
     _window_product(dh, params["head.W"], tb.dlogits_T, tb.head_rows_packed, U)
 
     for layer in range(L - 1, -1, -1):
-        if ws.dropout_on:
+        # dh from above: feature-major from the head or BLAS, or step-major in the layer's
+        # steps from the layer above's backward (coupled)
+        from_steps = tb.coupled and layer < L - 1
+        dh_steps = _steps_of(tb, layer)
+        if ws.dropout_on and from_steps:
+            kernels.apply_dropout(dh_steps, dh_steps, ws.masks_fm[layer].transpose(1, 0, 2))
+        elif ws.dropout_on:
             kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer])
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         if layer == 0:
@@ -421,10 +445,14 @@ def _train_backward(
         # dz feature-major for the products that follow, if any: dWh's when it is not done in
         # the steps, and the layer below's
         dz_wanted = tb.dz if layer > 0 or not dWh_in_steps else tb.dz[:0]
+        if tb.coupled and layer > 0:
+            kernels.pack_bands(tb.Wx_rows_packed, Wx)
+        dx_steps, Wx_rows_packed = _coupling_of(tb, layer, tb.Wx_rows_packed)
         kernels.lstm_train_backward(
-            dz_wanted, grads[f"lstm.{layer}.b"], grads[f"lstm.{layer}.Wh"], work, tb.dh, tb.act[layer],
-            tb.c_steps[layer], params[f"lstm.{layer}.Wh"], tb.Wh_rows_packed, tb.c0[layer],
-            tb.h_prev_rows[layer], tb.dz_steps, tb.h_steps, tb.dtable_T, _tokens_of(ws, layer), U, tb.meeting,
+            dz_wanted, grads[f"lstm.{layer}.b"], grads[f"lstm.{layer}.Wh"], work,
+            tb.dh[:0] if from_steps else tb.dh, tb.act[layer], tb.c_steps[layer], params[f"lstm.{layer}.Wh"],
+            tb.Wh_rows_packed, tb.c0[layer], tb.h_prev_rows[layer], tb.dz_steps, dh_steps, tb.dtable_T,
+            _tokens_of(ws, layer), dx_steps, Wx_rows_packed, U, tb.meeting,
         )  # fmt: skip
         dz = tb.dz.reshape(4 * H, T * B)
         if not dWh_in_steps:
@@ -438,7 +466,8 @@ def _train_backward(
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         else:
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
-            kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
+            if not tb.coupled:  # else lstm_train_backward passed it down step-major
+                kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
     return loss
 
 
@@ -492,6 +521,20 @@ def _prepare_forward_weights(tb: _TrainBuffers, Wh: np.ndarray) -> None:
         kernels.pack_into_bands(tb.Wh_packed, Wh)
     else:
         kernels.transpose_into_bands(tb.Wh_bands, Wh)
+
+
+def _steps_of(tb: _TrainBuffers, layer: int) -> np.ndarray:
+    """The layer's step-major buffer (T, H, B): its h in the forward, its dh in the backward."""
+    return tb.steps[layer % tb.steps.shape[0]]
+
+
+def _coupling_of(tb: _TrainBuffers, layer: int, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the step kernels of `layer` couple to the layer below on the tiles: the layer
+    below's step-major buffer and Wx `packed` (forward or backward), or empty ones (the first
+    layer, or not coupled)."""
+    if tb.coupled and layer > 0:
+        return _steps_of(tb, layer - 1), packed
+    return tb.steps[0, :0], packed[:, :0]
 
 
 def _tokens_of(ws: Workspace, layer: int) -> np.ndarray:

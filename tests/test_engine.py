@@ -215,11 +215,13 @@ def numba_threads(threads):
         numba.set_num_threads(before)
 
 
-def run_band_kernels(threads, tiled=False, seed=21, bands=2):
+def run_band_kernels(threads, tiled=False, seed=21, bands=2, coupled=False):
     """lstm_train_forward then lstm_train_backward on random inputs, with numba on `threads`
     threads: (every output, how the forward's team met, how the backward's did); the latter is
     meeting[0]: the number of members that joined, or negative if one member claimed all the
-    work (spin.join_team). float64 through BLAS, or (tiled) float32 on the register tiles."""
+    work (spin.join_team). float64 through BLAS, or (tiled) float32 on the register tiles.
+    The input projection is looked up, as for a first layer; or (coupled, tiled) a layer above
+    the first's: x_t·Wx and the gradient passed down, Wx·dz_t, on the tiles in the steps."""
     T, B, H, dtype = (5, 16, 16, np.float32) if tiled else (5, 3, 6, np.float64)
     rng = np.random.default_rng(seed)
     G = 4 * H
@@ -231,7 +233,8 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     b, h0, c0, act, dh_seq = normal(G), normal(H, B), normal(H, B), normal(T, G, B), normal(H, T, B)
     V = 4  # the input projection looked up, as for a first layer
     table_T, dtable_T = normal(G, V), np.zeros((G, V), dtype)
-    tokens = rng.integers(0, V, T * B)
+    tokens = rng.integers(0, V, 0 if coupled else T * B)
+    x_steps, dx_steps = normal(T, H if coupled else 0, B), np.empty((T, H if coupled else 0, B), dtype)
     c_steps, h_steps = np.empty((T, H, B), dtype), np.empty((T, H, B), dtype)
     h_seq = np.empty((H, T, B), dtype)
     dz, db, dz_steps = np.empty((G, T, B), dtype), np.zeros(G, dtype), np.empty((T, G, B), dtype)
@@ -249,35 +252,42 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2):
     Wh_rows_packed = np.empty((bands, model._tiles_of(H // bands) if tiled else 0, G, R), dtype)
     if tiled:
         kernels.pack_bands(Wh_rows_packed, Wh)
+    Wx = normal(H, G) / dtype(np.sqrt(H))  # coupled: packed as model._train_forward/_backward do
+    Wx_packed = np.empty((bands, model._tiles_of(G // bands) if coupled else 0, H, R), dtype)
+    Wx_rows_packed = np.empty((bands, model._tiles_of(H // bands) if coupled else 0, G, R), dtype)
+    if coupled:
+        kernels.pack_into_bands(Wx_packed, Wx)
+        kernels.pack_bands(Wx_rows_packed, Wx)
     meeting = np.zeros(2, dtype=np.int64)
     with numba_threads(threads):
         kernels.lstm_train_forward(
             h_seq, h_prev, h_prev_rows, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0,
-            c0, table_T, tokens, meeting,
+            c0, table_T, tokens, x_steps, Wx_packed, meeting,
         )  # fmt: skip
         forward_met = meeting[0]
         kernels.lstm_train_backward(
             dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, h_prev_rows, dz_steps,
-            h_steps, dtable_T, tokens, bands, meeting,
+            h_steps, dtable_T, tokens, dx_steps, Wx_rows_packed, bands, meeting,
         )  # fmt: skip
-    outputs = (h_seq, h_prev, h_prev_rows, act, c_steps, dz, db, dWh, dtable_T)
+    outputs = (h_seq, h_prev, h_prev_rows, act, c_steps, dz, db, dWh, dtable_T, dx_steps)
     return outputs, forward_met, meeting[0]
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
-@pytest.mark.parametrize("tiled", [False, True], ids=["blas", "tiles"])
-def test_bands_on_one_thread_or_two_give_the_same_bits(tiled):
+@pytest.mark.parametrize(("tiled", "coupled"), [(False, False), (True, False), (True, True)],
+                         ids=["blas", "tiles", "tiles-coupled"])  # fmt: skip
+def test_bands_on_one_thread_or_two_give_the_same_bits(tiled, coupled):
     """Two bands on two threads meet after every step (spin.meet); on one thread, the only
     member that comes claims the work and does both bands (spin.join_team). Both ways do
     the same arithmetic in the same order: identical results, whichever way a run goes."""
     for _ in range(3):  # a shared host may delay a thread past the patience: try a few times
-        together, forward_met, backward_met = run_band_kernels(threads=2, tiled=tiled)
+        together, forward_met, backward_met = run_band_kernels(threads=2, tiled=tiled, coupled=coupled)
         if forward_met == backward_met == 2:  # both members joined, both times
             break
     assert forward_met == backward_met == 2, "two threads never met in three tries"
-    alone, forward_met, backward_met = run_band_kernels(threads=1, tiled=tiled)
+    alone, forward_met, backward_met = run_band_kernels(threads=1, tiled=tiled, coupled=coupled)
     assert forward_met < 0 and backward_met < 0  # claimed by the one member that came
-    names = ("h_seq", "h_prev", "h_prev_rows", "act", "c_steps", "dz", "db", "dWh", "dtable_T")
+    names = ("h_seq", "h_prev", "h_prev_rows", "act", "c_steps", "dz", "db", "dWh", "dtable_T", "dx_steps")
     for name, x, y in zip(names, together, alone, strict=True):
         assert np.array_equal(x, y), name
 
@@ -310,6 +320,8 @@ def test_float32_training_on_register_tiles_matches_the_reference(bands, config,
     assert (head_tiled and tb.head_rows_packed.shape[0] > 0) == geometry.serves(tiles.HEAD)
     in_steps = tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the backward's steps
     assert in_steps == geometry.serves(tiles.STEP_GRADIENT)
+    coupled = tb.Wx_packed.shape[1] > 0 and tb.Wx_rows_packed.shape[1] > 0 and tb.proj.shape[0] == 0
+    assert coupled == tb.coupled == geometry.serves(tiles.COUPLING)
     masks = reference_masks(ws)
     assert (masks is not None) == (config.dropout > 0)
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)

@@ -77,6 +77,11 @@ def _activate_cell(h, c, z, c_prev):
 # the batch keeps every product 32 streams wide and gives each thread half of Wh to keep in
 # its cache (measured alone: forward 15-20% and backward 12-20% faster than two halves of
 # the batch, each thread walking its own 16 streams with no meeting).
+# Layers can also be coupled on the register tiles (tiles.COUPLING, when the target's geometry
+# serves it): above the first layer, x_t·Wx and the gradient passed down, Wx·dz_t, become tile
+# products inside the steps, on the layer below's step-major h and dh, with no window-wide
+# product and no layout copy between the layers. It costs Wx read once a step instead of once
+# a window, and no measured CPU has yet gained from it (see tiles.GEOMETRIES).
 # The window-wide products are split by rows of their output (matmul_rows) on the same pool;
 # BLAS itself runs on one thread (model.loss_and_grad sees to it), else its own pool would spin
 # between calls and fight numba's for the cores. U = 1 is the serial path, the same code.
@@ -85,7 +90,7 @@ def _activate_cell(h, c, z, c_prev):
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_forward(
     h_seq, h_prev_seq, h_prev_rows, act, c_steps, h_steps, Wh_bands, Wh_packed, b, h0, c0, table_T, tokens,
-    meeting,
+    x_steps, Wx_packed, meeting,
 ):  # fmt: skip
     """lstm_forward for training, keeping what lstm_train_backward needs; the units in U bands,
     one per thread.
@@ -106,13 +111,20 @@ def lstm_train_forward(
     table_T (4H, V), tokens (T*B,) t-major: the first layer's input projection comes from a
     lookup, act[t, k, r] = table_T[k, tokens[t*B + r]] (one-hot(x)·Wx is a row of Wx,
     embed(x)·Wx one of embed·Wx), done step by step, so each step's block is still in cache
-    when the gates are computed. No tokens (length 0): act holds the projection already.
+    when the gates are computed.
+    x_steps (T, I, B), Wx_packed (U, P, I, ROWS): above the first layer, with the register tiles
+    (P > 0), the input projection is a tile product step by step as well, Wx_packed[u]
+    (pack_into_bands of Wx) times x_steps[t] (the layer below's output, step-major), while
+    x_steps[t] is in cache (act is then only written). Otherwise (no tokens, P = 0) act holds
+    the projection already.
     """
     T, G, B = act.shape
     U = Wh_bands.shape[0]
     H = G // 4
     Hu = H // U
     z = np.empty((U, 4 * Hu, B), dtype=act.dtype)  # each band's Wh_bands[u] · h_{t-1}
+    projected = tokens.shape[0] == 0 and Wx_packed.shape[1] > 0
+    zx = np.empty((U, 4 * Hu if projected else 0, B), dtype=act.dtype)  # each band's x_t·Wx
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
@@ -121,8 +133,10 @@ def lstm_train_forward(
             for v in range(first, last):
                 if tokens.shape[0] > 0:
                     _look_up_band(act, table_T, tokens, t, v * Hu, Hu)
+                elif projected:
+                    tiles.product(zx[v], Wx_packed[v], x_steps[t])
                 _forward_band_step(
-                    act, c_steps, h_steps, z[v], Wh_bands[v], Wh_packed[v], b, h0, c0, t, v * Hu
+                    act, c_steps, h_steps, z[v], zx[v], Wh_bands[v], Wh_packed[v], b, h0, c0, t, v * Hu
                 )
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, t)
@@ -146,22 +160,33 @@ def _look_up_band(act, table_T, tokens, t, lo, Hu):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _forward_band_step(act, c_steps, h_steps, z, Wh_band, Wh_packed, b, h0, c0, t, lo):
+def _forward_band_step(act, c_steps, h_steps, z, zx, Wh_band, Wh_packed, b, h0, c0, t, lo):
     """Step t of lstm_train_forward for the units lo .. lo+Hu-1: z (4Hu, B) work, Wh_band
-    (4Hu, H) their stacked rows of Wh.T; writes their gates in act[t], c_steps[t], h_steps[t]."""
+    (4Hu, H) their stacked rows of Wh.T; the input projection in their rows of act[t], or in
+    zx (4Hu, B) stacked as z when not empty; writes their gates in act[t], c_steps[t],
+    h_steps[t]."""
     T, G, B = act.shape
     H = G // 4
     Hu = z.shape[0] // 4
     step_product(z, Wh_band, Wh_packed, h0 if t == 0 else h_steps[t - 1])
     at = act[t]
-    # Loops over the streams, innermost and contiguous, with one activation each (vectorised).
+    # Loops over the streams, innermost and contiguous, with one activation each (vectorised;
+    # the two sources of the projection get a loop each: one loop reading either did not).
     for q in range(4):  # i, f, g, o
         for j in range(Hu):
             k = q * H + lo + j
             zk = z[q * Hu + j]
             ak = at[k]
             bk = b[k]
-            if q == 2:  # g
+            if zx.shape[0] > 0:
+                xk = zx[q * Hu + j]
+                if q == 2:  # g
+                    for r in range(B):
+                        ak[r] = tanh(xk[r] + zk[r] + bk)
+                else:
+                    for r in range(B):
+                        ak[r] = sigmoid(xk[r] + zk[r] + bk)
+            elif q == 2:
                 for r in range(B):
                     ak[r] = tanh(ak[r] + zk[r] + bk)
             else:
@@ -213,7 +238,7 @@ def _to_stream_rows(h_prev_rows, h_steps, h0, lo, hi):
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_backward(
     dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_packed, c0, h_prev_rows, dz_steps, dh_steps, dtable_T,
-    tokens, bands, meeting,
+    tokens, dx_steps, Wx_rows_packed, bands, meeting,
 ):  # fmt: skip
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0); the
     units in `bands` bands, one per thread, as in lstm_train_forward.
@@ -226,7 +251,8 @@ def lstm_train_backward(
            in whole tiles, H in whole vectors): tiles.add_product in dWh_T (4H, H) work while
            dz_steps[t] is in cache, each thread on its own rows, then added in transposed.
            h_prev_rows empty (0, B, H): dWh is the caller's (one product from dz).
-    dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head)
+    dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head); or
+           (0, T, B): dh_steps holds it already (the layer above's dx_steps)
     act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
     Wh_packed (U, P, 4H, ROWS): Wh's rows of each band's units packed for step_product
            (layouts.pack_bands), or (U, 0, 4H, ROWS): BLAS on Wh.
@@ -234,6 +260,10 @@ def lstm_train_backward(
     dtable_T (4H, V), tokens (T*B,): for the first layer (tokens not empty), the gradient of
     lstm_train_forward's lookup table is added into dtable_T, step by step while dz_steps[t]
     is in cache (each thread owns its rows of it).
+    dx_steps (T, I, B), Wx_rows_packed (U, P, 4H, ROWS): above the first layer, with the
+    register tiles (P > 0), the gradient w.r.t. the layer's input, dx_steps[t] = Wx · dz_steps[t],
+    step by step while dz_steps[t] is in cache, each band its I/U rows (Wx_rows_packed:
+    pack_bands of Wx); else (P = 0) not written.
     The other weight and input gradients follow from dz with one large product each (the
     caller).
     """
@@ -244,12 +274,15 @@ def lstm_train_backward(
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
     with_dWh = h_prev_rows.shape[0] > 0
+    with_dx = Wx_rows_packed.shape[1] > 0
+    Iu = dx_steps.shape[1] // U  # a band's rows of dx_steps
     meeting[:] = 0
     for u in prange(U):
         how = spin.join_team(meeting, U, spin.PATIENCE)
         first, last = spin.share(how, u, U)  # the bands this thread walks
         lo, hi = first * Hu, last * Hu  # their units
-        _to_step_major_rows(dh_steps, dh_seq, lo, hi)
+        if dh_seq.shape[0] > 0:
+            _to_step_major_rows(dh_steps, dh_seq, lo, hi)
         if with_dWh:
             for q in range(4):
                 dWh_T[q * H + lo : q * H + hi] = 0.0
@@ -267,6 +300,9 @@ def lstm_train_backward(
                 for v in range(first, last):  # band by band, the same products either way
                     rows = slice(v * Hu, (v + 1) * Hu)
                     step_product(dh_next[rows], Wh[rows], Wh_packed[v], dz_steps[t])
+            if with_dx:
+                for v in range(first, last):
+                    tiles.product(dx_steps[t, v * Iu : (v + 1) * Iu], Wx_rows_packed[v], dz_steps[t])
         _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
         if with_dWh:
             for q in range(4):

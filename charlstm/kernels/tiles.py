@@ -46,7 +46,10 @@ from numba.extending import intrinsic, overload
 STEP = "step"  # the recurrent step's Wh products, forward and backward
 HEAD = "head"  # the head's two window products, logits and dh
 STEP_GRADIENT = "step_gradient"  # dWh added up step by step inside the backward
-ALL_PRODUCTS = frozenset({STEP, HEAD, STEP_GRADIENT})
+# Between layers, step by step inside the recurrence: x_t·Wx above the first layer, and its
+# backward Wx·dz_t (the gradient passed down)
+COUPLING = "coupling"
+ALL_PRODUCTS = frozenset({STEP, HEAD, STEP_GRADIENT, COUPLING})
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,11 @@ class Geometry:
 #   against OpenBLAS held to its Haswell kernels).
 # - STEP_GRADIENT does not: 0.959-0.994 on AVX-512, 0.987-1.013 on AVX2 where it applies
 #   (model.STEP_GRADIENT_BYTES); one BLAS product over the window does as well.
-# So every ISA runs the step on tiles and the rest on BLAS; the head and dWh tiles stay built
-# and tested, for a CPU where tile_choice.py shows they pay.
+# - COUPLING does not: 0.989-1.019 on AVX-512, 0.924-1.007 on AVX2, at 2x256 and 2x512 on an
+#   AMD EPYC Zen 4 host (1 MiB L2 a core; 20 pairs, 2026-12-03). It reads Wx once a step where
+#   BLAS reads it once a window: with Wh beside it, a band's weights outgrow L2 at 2x256.
+# So every ISA runs the step on tiles and the rest on BLAS; the head, dWh and coupling tiles
+# stay built and tested, for a CPU where tile_choice.py shows they pay.
 # - neon: the step, for the same reason as on x86; not measured, as no ARM machine was at hand.
 # - none: a target without FMA (or vectors) has nothing the tiles do better.
 _STEP_ONLY = frozenset({STEP})
