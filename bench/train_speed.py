@@ -2,7 +2,7 @@
 against the same step in PyTorch, side by side.
 
     python bench/train_speed.py [--sizes 1x128,2x256,2x512,3x512] [--threads 1,2] [--repeats 3]
-                                [--isa native,avx2] [--end-to-end STEPS]
+                                [--isa native,avx2] [--end-to-end STEPS] [--cell lstm|gru|rnn]
 
 Each measurement runs in its own subprocess with the thread count fixed through the
 environment (BLAS and OpenMP pools are sized when they load), and the two implementations
@@ -42,11 +42,11 @@ def chars_per_second(step) -> float:
     return B * T * steps / (time.perf_counter() - start)
 
 
-def time_charlstm(layers: int, hidden: int) -> float:
+def time_charlstm(layers: int, hidden: int, cell: str = "lstm") -> float:
     from charlstm import kernels
     from charlstm.model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
 
-    config = ModelConfig(vocab_size=V, layers=layers, hidden=hidden, embed=E, dropout=0.0)
+    config = ModelConfig(vocab_size=V, layers=layers, hidden=hidden, embed=E, dropout=0.0, cell=cell)
     rng = np.random.default_rng(0)
     params = init_params(config, rng)
     grads = Params.zeros(config)
@@ -66,25 +66,26 @@ def time_charlstm(layers: int, hidden: int) -> float:
     return chars_per_second(lambda k: step(k + 2))
 
 
-def time_torch(layers: int, hidden: int, threads: int) -> float:
+def time_torch(layers: int, hidden: int, threads: int, cell: str = "lstm") -> float:
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     emb = torch.nn.Embedding(V, E)
-    lstm = torch.nn.LSTM(E, hidden, layers)
+    lstm = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](E, hidden, layers)
     head = torch.nn.Linear(hidden, V)
     parameters = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(parameters, lr=2e-3)
     x = torch.randint(0, V, (T, B))
     y = torch.randint(0, V, (T, B))
-    state = (torch.zeros(layers, B, hidden), torch.zeros(layers, B, hidden))
+    zeros = torch.zeros(layers, B, hidden)
+    state = (zeros, zeros.clone()) if cell == "lstm" else zeros
 
     def step() -> None:
         nonlocal state
         opt.zero_grad()
-        out, (h, c) = lstm(emb(x), state)
-        state = (h.detach(), c.detach())
+        out, final = lstm(emb(x), state)
+        state = tuple(s.detach() for s in final) if cell == "lstm" else final.detach()
         loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 5.0)
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--cell", default="lstm", help="lstm, gru or rnn (PyTorch: nn.LSTM, nn.GRU, nn.RNN)")
     parser.add_argument("--end-to-end", type=int, default=0, metavar="STEPS",
                         help="also time `charlstm train` with its defaults, this many steps")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -143,16 +145,18 @@ def main() -> None:
         if impl == "figures":
             print(json.dumps(isa_env.build_figures()))
             return
-        layers, hidden, threads = (int(n) for n in rest)
+        layers, hidden, threads = (int(n) for n in rest[:3])
+        cell = rest[3] if len(rest) > 3 else "lstm"
         if impl == "charlstm":
-            print(json.dumps({"chars_per_s": time_charlstm(layers, hidden)}))
+            print(json.dumps({"chars_per_s": time_charlstm(layers, hidden, cell)}))
         else:
-            print(json.dumps({"chars_per_s": time_torch(layers, hidden, threads)}))
+            print(json.dumps({"chars_per_s": time_torch(layers, hidden, threads, cell)}))
         return
 
     sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
     thread_counts = [int(n) for n in args.threads.split(",")]
-    print(f"one training step, B={B} T={T} V={V} E={E} float32; characters/s, best of {args.repeats}")
+    print(f"one training step of the {args.cell}, B={B} T={T} V={V} E={E} float32; characters/s, "
+          f"best of {args.repeats}")  # fmt: skip
     print(f"CPU: {isa_env.cpu_model()}")
     for isa in args.isa.split(","):
         f = measure_in_subprocess("figures", isa, 1)
@@ -169,7 +173,7 @@ def main() -> None:
             for threads in thread_counts:
                 ours, theirs = 0.0, None
                 for _ in range(args.repeats):  # alternate so both see the same machine
-                    job = f"{layers}:{hidden}:{threads}"
+                    job = f"{layers}:{hidden}:{threads}:{args.cell}"
                     ours = max(ours, measure_in_subprocess(f"charlstm:{job}", isa, threads)["chars_per_s"])
                     rate = measure_in_subprocess(f"torch:{job}", isa, threads)
                     if rate is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .data import Vocab
 from .errors import CheckpointError
-from .model import ModelConfig, Params
+from .model import CELLS, ModelConfig, Params
 
 FORMAT = "charlstm/1"
 SHIPPED = "shipped"  # the name that stands for the model installed with charlstm
@@ -246,6 +246,7 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, with_train_state: bool) 
         hidden=config["hidden"],
         embed=config["embed"],
         dropout=config["dropout"],
+        cell=config["cell"],
     )
     expected = dict(model_config.param_shapes())
     unexpected = [
@@ -327,7 +328,11 @@ def _parse_config(path: Path, text: str) -> dict:
     if type(dropout) not in (int, float) or not 0.0 <= dropout < 1.0:
         raise CheckpointError(f"{path}: config 'dropout' must be a number in [0, 1), got {dropout!r}")
     config["dropout"] = float(dropout)
-    n_params = ModelConfig(config["vocab_size"], config["layers"], config["hidden"], config["embed"]).n_params
+    cell = config.setdefault("cell", "lstm")  # written before the GRU and RNN: an LSTM
+    if cell not in CELLS:
+        raise CheckpointError(f"{path}: config 'cell' must be one of {', '.join(CELLS)}, got {cell!r}"[:200])
+    shape = ModelConfig(config["vocab_size"], config["layers"], config["hidden"], config["embed"], cell=cell)
+    n_params = shape.n_params
     if n_params > MAX_PARAMS:
         raise CheckpointError(f"{path}: config claims {n_params:,} parameters")
     return config

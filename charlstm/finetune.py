@@ -19,7 +19,7 @@ from .data import Vocab, escape, token_dtype
 from .errors import ConfigError
 from .model import ModelConfig, Params, init_params
 
-ARCHITECTURE = ("layers", "hidden", "embed")  # options that come from the model, not the user
+ARCHITECTURE = ("cell", "layers", "hidden", "embed")  # options that come from the model, not the user
 # A new character's head bias sits this many nats below the lowest bias the model learned: at
 # step 0 its probability is about e^-8 = 3e-4 times that of the model's rarest character, so the
 # log p of known text moves by less than float32 rounding, and Adam (about lr a step on each of

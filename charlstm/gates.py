@@ -90,6 +90,13 @@ class Unit:
 _UNIT_RE = re.compile(r"\s*[Ll]?(\d+)\s*:\s*(\d+)\s*")
 
 
+def require_lstm(config: ModelConfig, path) -> None:
+    """Refuse a GRU or plain RNN model: the inspector reads the LSTM's gates and cell only
+    (the other cells' signals are still to come)."""
+    if config.cell != "lstm":
+        raise ConfigError(f"{path}: a {config.cell} model; the gate inspector reads LSTM models only so far")
+
+
 def parse_units(spec: str, config: ModelConfig) -> list[Unit]:
     """`L2:17,L1:3` -> units (layers from 1, units from 0), checked against the model."""
     units: list[Unit] = []

@@ -1,7 +1,8 @@
 """The character-level LSTM model: its configuration, its parameters (one flat buffer with
 named views) and the forward/backward driver that strings the kernels together.
 
-tokens -> embedding (E, or one-hot when E = 0) -> L stacked LSTM layers of H units -> linear
+tokens -> embedding (E, or one-hot when E = 0) -> L stacked LSTM layers of H units (or GRU,
+or plain RNN: charlstm.cells) -> linear
 head to V logits -> softmax cross-entropy (mean over B*T characters, nats). Inverted dropout
 between layers and before the head, in training only. Letters as in charlstm.kernels.
 """
@@ -16,10 +17,14 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from . import blas_threads, kernels
+from . import blas_threads, cells, kernels
 from .kernels import tiles
 
-GATE_NAMES = ("i", "f", "g", "o")  # order along the 4H axis, as in PyTorch
+GATE_NAMES = ("i", "f", "g", "o")  # order along the LSTM's 4H axis, as in PyTorch
+# Each cell's gates along its G = len(gates)*H axis, PyTorch's order: the LSTM's; the GRU's
+# reset, update and candidate; none for the plain RNN, whose projection is its h's (G = H)
+CELL_GATES = {"lstm": GATE_NAMES, "gru": ("r", "z", "n"), "rnn": ()}
+CELLS = tuple(CELL_GATES)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,12 @@ class ModelConfig:
     hidden: int = 512  # H
     embed: int = 64  # E; 0 feeds one-hot characters straight into the first layer
     dropout: float = 0.0  # inverted dropout between layers and before the head
+    cell: str = "lstm"  # one of CELLS
+
+    @property
+    def projection_width(self) -> int:
+        """G, the width of a layer's projections x·Wx and h·Wh: 4H (LSTM), 3H (GRU), H (RNN)."""
+        return max(len(CELL_GATES[self.cell]), 1) * self.hidden
 
     def input_size(self, layer: int) -> int:
         """Width I of what layer `layer` reads: E (or V when one-hot) for the first, H above."""
@@ -42,10 +53,15 @@ class ModelConfig:
         shapes: list[tuple[str, tuple[int, ...]]] = []
         if E > 0:
             shapes.append(("embed", (V, E)))
+        G, cell = self.projection_width, self.cell
         for layer in range(self.layers):
-            shapes.append((f"lstm.{layer}.Wx", (self.input_size(layer), 4 * H)))
-            shapes.append((f"lstm.{layer}.Wh", (H, 4 * H)))
-            shapes.append((f"lstm.{layer}.b", (4 * H,)))
+            shapes.append((f"{cell}.{layer}.Wx", (self.input_size(layer), G)))
+            shapes.append((f"{cell}.{layer}.Wh", (H, G)))
+            if cell == "gru":  # two biases, as r scales h·Wh_n + bh_n
+                shapes.append((f"gru.{layer}.bx", (G,)))
+                shapes.append((f"gru.{layer}.bh", (G,)))
+            else:
+                shapes.append((f"{cell}.{layer}.b", (G,)))
         shapes.append(("head.W", (H, V)))
         shapes.append(("head.b", (V,)))
         return shapes
@@ -110,8 +126,9 @@ def _offset_in(flat: np.ndarray, view: np.ndarray) -> int:
 
 
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype: type = np.float32) -> Params:
-    """PyTorch's default initialisation (uniform ±1/sqrt(H) for the LSTM and the head, N(0, 1)
-    for the embedding), with the forget-gate bias set to 1 so memory is kept from the start."""
+    """PyTorch's default initialisation (uniform ±1/sqrt(H) for the cells and the head, N(0, 1)
+    for the embedding), with the LSTM's forget-gate bias set to 1 so memory is kept from the
+    start."""
     params = Params.zeros(config, dtype)
     H = config.hidden
     bound = 1.0 / math.sqrt(H)
@@ -175,6 +192,7 @@ class Workspace:
         self.logits: np.ndarray | None = None  # (T*B, V) of the last pass, row t*B + b
         self._rows_ready = False
         self._train: _TrainBuffers | None = None
+        self._cells: cells.CellBuffers | None = None  # the GRU's and RNN's backward work
         self._rows()
 
     def fits(self, steps: int, batch: int, dtype: np.dtype) -> bool:
@@ -183,15 +201,15 @@ class Workspace:
     def _rows(self) -> Workspace:
         if not self._rows_ready:
             T, B, config = self.steps, self.batch, self.config
-            H, L, V = config.hidden, config.layers, config.vocab_size
-            self.gates = np.empty((L, T, B, 4 * H), dtype=self.dtype)  # activated i, f, g, o
+            H, L, V, G = config.hidden, config.layers, config.vocab_size, config.projection_width
+            self.gates = np.empty((L, T, B, G), dtype=self.dtype)  # the cell's activated gates
             self.h_seq = np.empty((L, T, B, H), dtype=self.dtype)
             self.c_seq = np.empty((L, T, B, H), dtype=self.dtype)
             self.h0 = np.zeros((L, B, H), dtype=self.dtype)  # state each layer started from
             self.c0 = np.zeros((L, B, H), dtype=self.dtype)
-            # The first layer's input projection of every character, embed·Wx (V, 4H): with
+            # The first layer's input projection of every character, embed·Wx (V, G): with
             # V << B*T, looking rows up beats multiplying B*T embeddings.
-            self.input_table = np.empty((V, 4 * H), dtype=self.dtype)
+            self.input_table = np.empty((V, G), dtype=self.dtype)
             self.x_drop = np.empty((L, T, B, H), dtype=self.dtype)  # dropped-out h passed up
             self.logits_rows = np.empty((T * B, V), dtype=self.dtype)
             self._rows_ready = True
@@ -317,6 +335,8 @@ def forward(
     ws._rows()
     ws.tokens[:] = inputs.reshape(T * B)
     _draw_masks(ws, dropout_rng)
+    if config.cell != "lstm":
+        return cells.forward(params, h, ws)
 
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
@@ -564,6 +584,9 @@ def loss_and_grad(
     are left in ws.logits (T*B, V). With `characters`, loss and gradients are divided by it
     instead of T*B: a data-parallel rank's share of the mean over every rank's streams."""
     grads.flat[:] = 0.0
+    if params.config.cell != "lstm":  # BLAS's own pool runs the products (charlstm.cells)
+        forward(params, inputs, h, c, ws, dropout_rng)
+        return cells.backward(params, grads, targets, ws, inputs.size if characters is None else characters)
     with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
         return _train_backward(params, grads, targets, ws, inputs.size if characters is None else characters)
@@ -577,6 +600,8 @@ def training_forward(
     view into ws, equal to forward's to float rounding. For validation during training, where
     it runs 2x faster than forward's per-step BLAS calls; the buffers are training's work,
     rewritten by its next step."""
+    if params.config.cell != "lstm":
+        return forward(params, inputs, h, c, ws)
     with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, None)
     return ws.logits

@@ -21,7 +21,7 @@ from . import kernels
 from .checkpoint import default_model_path, load_checkpoint
 from .data import Vocab
 from .errors import ConfigError
-from .model import ModelConfig, Params
+from .model import CELLS, ModelConfig, Params
 
 TextFn = Callable[[int, str], None]  # (sample index, the next piece of its text)
 
@@ -130,12 +130,12 @@ def encode_seed(vocab: Vocab, seed: str, skip_unknown: bool = False) -> np.ndarr
 
 @dataclass(frozen=True)
 class StepLayout:
-    """The parameters arranged for kernels.lstm_step (see the Generation section there)."""
+    """The parameters arranged for kernels.model_step (see the Generation section there)."""
 
     config: ModelConfig
-    table: np.ndarray  # (V, 4H) layer 0's input term per character: embed·Wx, or Wx (one-hot)
-    M: tuple[np.ndarray, ...]  # per layer (I+H, 4H) = [Wx; Wh]; layer 0 only Wh (I = 0)
-    bias: np.ndarray  # (L, 4H)
+    table: np.ndarray  # (V, G) layer 0's input term per character: embed·Wx, or Wx (one-hot)
+    M: tuple[np.ndarray, ...]  # per layer (I+H, G) = [Wx; Wh]; layer 0 only Wh (I = 0)
+    bias: np.ndarray  # (L, G); the GRU's (L, 2G), [bx; bh]
     head_w: np.ndarray  # (H, V) head.W
     head_b: np.ndarray  # (V,)
 
@@ -148,18 +148,24 @@ class StepLayout:
 
 
 def step_layout(params: Params) -> StepLayout:
-    """Views of `params` where possible; copies only the embedding table (V, 4H) and biases."""
+    """Views of `params` where possible; copies only the embedding table (V, G) and biases."""
     config = params.config
-    Wx0 = params["lstm.0.Wx"]
+    cell = config.cell
+    Wx0 = params[f"{cell}.0.Wx"]
     if config.embed > 0:
-        table = np.empty((config.vocab_size, 4 * config.hidden), dtype=params.dtype)
+        table = np.empty((config.vocab_size, config.projection_width), dtype=params.dtype)
         kernels.embed_projection(table, params["embed"], Wx0)
     else:
         table = Wx0
-    M = [params["lstm.0.Wh"]]
+    M = [params[f"{cell}.0.Wh"]]
     for layer in range(1, config.layers):
-        M.append(_stacked(params.flat, params[f"lstm.{layer}.Wx"], params[f"lstm.{layer}.Wh"]))
-    bias = np.stack([params[f"lstm.{layer}.b"] for layer in range(config.layers)])
+        M.append(_stacked(params.flat, params[f"{cell}.{layer}.Wx"], params[f"{cell}.{layer}.Wh"]))
+    if cell == "gru":
+        bias = np.stack(
+            [np.concatenate([params[f"gru.{n}.bx"], params[f"gru.{n}.bh"]]) for n in range(config.layers)]
+        )
+    else:
+        bias = np.stack([params[f"{cell}.{layer}.b"] for layer in range(config.layers)])
     return StepLayout(config, table, tuple(M), bias, params["head.W"], params["head.b"])
 
 
@@ -181,7 +187,8 @@ class _State:
         L, B, H, V = config.layers, batch, config.hidden, config.vocab_size
         self.h = np.zeros((L, B, H), dtype=dtype)
         self.c = np.zeros((L, B, H), dtype=dtype)
-        self.z = np.empty((3, B, 4 * H), dtype=dtype)  # pre-activations, two partial sums
+        self.z = np.empty((3, B, config.projection_width), dtype=dtype)  # pre-activations, two partial sums
+        self.cell = CELLS.index(config.cell)  # kernels.sampling's LSTM, GRU, RNN
         self.xh = np.empty((B, 2 * H), dtype=dtype)
         self.logits = np.empty((B, V), dtype=dtype)
         self.probs = np.empty((B, V), dtype=np.float64)
@@ -207,7 +214,7 @@ class _State:
         s = self
         args = (
             s.out[:n], s.logits, s.h, s.c, s.z, s.xh, s.probs, s.order, s.tokens, ids, s.uniforms[:n],
-            *layout.weights(), temperature, k, p,
+            *layout.weights(), temperature, k, p, s.cell,
         )  # fmt: skip
         if s.threads == 1:
             kernels.generate_steps(*args)
@@ -365,7 +372,7 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         where = f"{self.path}, " if self.path is not None else ""
-        return f"Model({where}{c.layers}x{c.hidden}, embed {c.embed}, {c.vocab_size} characters)"
+        return f"Model({where}{c.cell} {c.layers}x{c.hidden}, embed {c.embed}, {c.vocab_size} characters)"
 
 
 def load_model(path: Path | str | None = None) -> Model:

@@ -28,7 +28,7 @@ from .distributed import Alone, Group, GroupError, checksum
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .evaluate import validation_loss, validation_shares, validation_sums
 from .metrics import MetricsLog, metrics_path_for
-from .model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
+from .model import CELLS, ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
 from .schedule import learning_rate
 
 DEFAULT_MINUTES = 15.0  # budget when none of steps / epochs / minutes is given
@@ -51,6 +51,7 @@ class TrainOptions:
     """Everything that defines a run, saved in its checkpoints. Defaults: see the README."""
 
     # model
+    cell: str = "lstm"  # lstm, gru or rnn (model.CELLS)
     layers: int = 2  # L
     hidden: int = 256  # H: 2x256 runs ~20k chars/s on 2 cores, wide enough for 1.5 nats
     embed: int = 64  # E; 0 for one-hot input
@@ -76,7 +77,7 @@ class TrainOptions:
     random_seed: int = 1337  # init and dropout masks
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size, self.layers, self.hidden, self.embed, self.dropout)
+        return ModelConfig(vocab_size, self.layers, self.hidden, self.embed, self.dropout, self.cell)
 
     @property
     def floor_lr(self) -> float:
@@ -103,8 +104,10 @@ class TrainOptions:
                 clean[key] = value
             elif kind.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
                 clean[key] = float(value)
+            elif kind == "str" and isinstance(value, str):
+                clean[key] = value
             else:
-                wanted = "a whole number" if kind.startswith("int") else "a number"
+                wanted = {"int": "a whole number", "str": "a name"}.get(kind[:3], "a number")
                 raise ConfigError(f"{flag} must be {wanted}, got {value!r}")
         return cls(**clean)
 
@@ -115,6 +118,7 @@ class TrainOptions:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         checks = [
+            (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell[:40]!r}"),
             (1 <= self.layers <= MAX_LAYERS, f"--layers must be in [1, {MAX_LAYERS}]"),
             (1 <= self.hidden <= MAX_WIDTH, f"--hidden must be in [1, {MAX_WIDTH}]"),
             (0 <= self.embed <= MAX_WIDTH, f"--embed must be in [0, {MAX_WIDTH}] (0: one-hot)"),

@@ -76,7 +76,7 @@ def test_step_kernel_logits_equal_forward(name, dtype):
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-4, "atol": 2e-5}
     for t in range(T):
         tokens = inputs[t].astype(np.int64)
-        kernels.lstm_step(logits, h, c, z, xh, tokens, *layout.weights())
+        kernels.model_step(logits, h, c, z, xh, tokens, *layout.weights())
         np.testing.assert_allclose(logits, expected[t], **tol)
     np.testing.assert_allclose(h, h_ref, **tol)
     np.testing.assert_allclose(c, c_ref, **tol)

@@ -72,9 +72,10 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 # --- exact resume
 
 
-def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, corpus):
-    run(corpus, tmp_path / "a.npz", steps=14, eval_every=5)
-    stopped = run(corpus, tmp_path / "b.npz", steps=14, eval_every=5, stop_at=7)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, corpus, cell):
+    run(corpus, tmp_path / "a.npz", steps=14, eval_every=5, cell=cell)
+    stopped = run(corpus, tmp_path / "b.npz", steps=14, eval_every=5, stop_at=7, cell=cell)
     assert stopped.interrupted and stopped.step == 7
     assert state_of(tmp_path / "b.last.npz").config["step"] == 7
     resumed = run(None, None, resume=tmp_path / "b.last.npz")

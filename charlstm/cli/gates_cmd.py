@@ -104,6 +104,7 @@ def inspect_gates_command(
     path = model if model is not None else default_model_path()
     checkpoint = load_checkpoint(path)
     config = checkpoint.model_config
+    gates.require_lstm(config, path)
     chosen = gates.parse_units(units, config) if units is not None else None
     if layer is not None and not 1 <= layer <= config.layers:
         raise ConfigError(f"--layer must be between 1 and {config.layers}, got {layer}")

@@ -56,8 +56,11 @@ def train_command(
             show_default=False,
         ),
     ] = None,
-    layers: Annotated[int | None, typer.Option(help=_default("LSTM layers.", D.layers))] = None,
-    hidden: Annotated[int | None, typer.Option(help=_default("Units per LSTM layer.", D.hidden))] = None,
+    cell: Annotated[
+        str | None, typer.Option(help=_default("The recurrent cell: lstm, gru or rnn (plain tanh).", D.cell))
+    ] = None,
+    layers: Annotated[int | None, typer.Option(help=_default("Recurrent layers.", D.layers))] = None,
+    hidden: Annotated[int | None, typer.Option(help=_default("Units per layer.", D.hidden))] = None,
     embed: Annotated[
         int | None, typer.Option(help=_default("Character embedding width (0: one-hot).", D.embed))
     ] = None,
@@ -139,10 +142,12 @@ def train_command(
         bool, typer.Option("--preview", help="Show a short sample after each validation.")
     ] = False,
 ) -> None:
-    """Train a character-level LSTM on text files (Ctrl-C saves the state; --resume continues).
+    """Train a character-level LSTM, GRU or plain RNN on text files (Ctrl-C saves the state;
+    --resume continues).
 
     Under mpiexec, each process trains its share of the batch (data parallel, charlstm[mpi])."""
     given = {
+        "cell": cell,
         "layers": layers,
         "hidden": hidden,
         "embed": embed,
@@ -474,7 +479,7 @@ def _print_summary(console: Console, r: TrainResult) -> None:
         ("characters seen", f"{r.chars_seen:,}"),
         ("time", _clock(r.elapsed)),
         ("characters/s", f"{r.chars_per_s:,.0f}"),
-        ("model", f"{r.options.layers}x{r.options.hidden}, {r.n_params:,} parameters"),
+        ("model", f"{r.options.cell} {r.options.layers}x{r.options.hidden}, {r.n_params:,} parameters"),
         ("batch x window", f"{r.batch_size} x {r.seq_len}"),
         ("best weights", str(r.out) if r.out else "- (no validation yet)"),
         ("training state", str(r.last) if r.last else "-"),

@@ -119,6 +119,7 @@ def explore(
     (default: the newest in ./models/, else the shipped one)."""
     path = Path(model) if model is not None else default_model_path()
     checkpoint = load_checkpoint(path)
+    gates.require_lstm(checkpoint.model_config, path)
     text = text[:max_chars]
     if not text:
         raise ConfigError("nothing to inspect: the text is empty")

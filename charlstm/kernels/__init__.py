@@ -1,11 +1,13 @@
 """Every Numba-compiled kernel of charlstm, by topic: activations, lstm (the layer's forward and
-backward), layouts (copies, transposes, the tiles' packing), products (BLAS and the register
-tiles), loss, optimizer, sampling, inspection; tiles (the register tiles and their per-ISA
-geometry) and spin (where threads meet) hold the LLVM intrinsics they build on.
+backward), gru and rnn (the other cells' layers), layouts (copies, transposes, the tiles'
+packing), products (BLAS and the register tiles), loss, optimizer, sampling, inspection; tiles
+(the register tiles and their per-ISA geometry) and spin (where threads meet) hold the LLVM
+intrinsics they build on.
 
 Conventions (shared with the rest of the package):
   B batch, T time, V vocabulary, E embedding, H hidden, L layers, I input width of a layer.
-  Gates lie along the 4H axis in the order i, f, g, o (PyTorch's). Sequences are time-major.
+  Gates lie along the 4H axis in the order i, f, g, o (PyTorch's); the GRU's r, z, n along 3H.
+  Sequences are time-major.
 Kernels take arrays and plain numbers only (no globals, no function arguments), never check
 shapes (the Python wrappers do) and have no fixed signature, so one kernel serves float64
 (gradient checks) and float32 (training). Outputs come first, then inputs, then sizes.
@@ -15,6 +17,7 @@ The public kernels are imported here, so callers write `kernels.adam_step`.
 """
 
 from .activations import exp, sigmoid, tanh
+from .gru import gru_backward, gru_forward
 from .inspection import gate_stats_add, lstm_forward_stream, tanh_rows
 from .layouts import (
     apply_dropout,
@@ -41,15 +44,17 @@ from .products import (
     step_product,
     tiled_matmul,
 )
-from .sampling import embed_projection, generate_steps, generate_steps_parallel, lstm_step, sample_tokens
+from .rnn import rnn_backward, rnn_forward
+from .sampling import embed_projection, generate_steps, generate_steps_parallel, model_step, sample_tokens
 
 __all__ = [
-    "add_column_vector", "add_row_vector", "add_weight_gradient", "adam_step", "apply_dropout",
-    "average_step", "clip_grad_norm", "dropout_masks", "dropout_masks_of_streams", "embed_projection",
-    "exp", "gate_stats_add", "gather_rows",
-    "generate_steps", "generate_steps_parallel", "global_norm", "lstm_forward", "lstm_forward_stream",
-    "lstm_step", "lstm_train_backward", "lstm_train_forward", "matmul", "matmul_add", "matmul_rows",
-    "pack_bands", "pack_into_bands", "pack_rows", "sample_tokens", "sigmoid", "softmax_cross_entropy",
+    "adam_step", "add_column_vector", "add_row_vector", "add_weight_gradient", "apply_dropout",
+    "average_step", "clip_grad_norm", "dropout_masks", "dropout_masks_of_streams",
+    "embed_projection", "exp", "gate_stats_add", "gather_rows", "generate_steps",
+    "generate_steps_parallel", "global_norm", "gru_backward", "gru_forward", "lstm_forward",
+    "lstm_forward_stream", "lstm_train_backward", "lstm_train_forward", "matmul", "matmul_add",
+    "matmul_rows", "model_step", "pack_bands", "pack_into_bands", "pack_rows", "rnn_backward",
+    "rnn_forward", "sample_tokens", "sigmoid", "softmax_cross_entropy",
     "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows", "tiled_matmul",
     "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
 ]  # fmt: skip

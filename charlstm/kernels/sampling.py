@@ -1,23 +1,28 @@
 """Generation at small batch: one character per stream through every layer and the head, and
 drawing the next character (temperature, top-k, top-p).
 
-At batch 1 a generated character reads every weight once and does little arithmetic with
-it, so its speed is memory bandwidth: one pass over each layer's weights, all in float32.
-Layer l reads M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat
-buffer) as x·Wx + h·Wh = [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which
-vectorises along the row. Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot),
-is a row of a (V, 4H) table. The rows of M are summed in two halves, each into its own
-buffer, then added: one thread does both halves, two threads one each (generate_steps_parallel,
-each streaming its own contiguous half of M). Every z[j] sums in the same order whatever the
-batch, the vector width or the thread count, and nothing uses fastmath, so a random seed
-gives the same text on any machine with the same library versions.
+At batch 1 a generated character reads every weight once and does little arithmetic with it, so
+its speed is memory bandwidth: one pass over each layer's weights, all in float32. Layer l reads
+M (I+H, 4H) = [Wx; Wh] stacked (a view: they lie side by side in the flat buffer) as x·Wx + h·Wh
+= [x; h]·M, adding rows of M scaled by [x; h] into z (4H,), which vectorises along the row.
+Layer 0 skips Wx: its input term, embed·Wx (or Wx when one-hot), is a row of a (V, 4H) table.
+The GRU and the plain RNN step the same way (G = 3H or H columns instead of 4H; the GRU splits M
+between Wx and Wh, as its r scales h·Wh alone). The rows of M are summed in two halves, each
+into its own buffer, then added: one thread does both halves, two threads one each
+(generate_steps_parallel, each streaming its own contiguous half of M). Every z[j] sums in the
+same order whatever the batch, the vector width or the thread count, and nothing uses fastmath,
+so a random seed gives the same text on any machine with the same library versions.
 """
 
 import math
 
 from numba import njit, prange
 
+from .activations import sigmoid, tanh
 from .lstm import _activate_cell
+
+# The cell a generation kernel steps (its `cell` argument): model.CELLS' order
+LSTM, GRU, RNN = 0, 1, 2
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -41,6 +46,15 @@ def embed_projection(out, embed, Wx):
 def _row_half(K):
     """Where the rows of a (K, 4H) M split into the two halves (a multiple of 4)."""
     return K // 2 - (K // 2) % 4
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _split(cell, layer, K, H):
+    """Where layer `layer`'s M (K rows) splits: in two halves, but for a GRU above the first
+    layer between Wx and Wh, as r scales h·Wh_n alone."""
+    if cell == GRU and layer > 0:
+        return H
+    return _row_half(K)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -95,6 +109,68 @@ def _finish_layer(h, c, z, tokens, table, bias, layer):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _finish_gru_layer(h, z, tokens, table, bias, layer):
+    """The GRU's _finish_layer: x·Wx is the table row (layer 0) or z[1], h·Wh is z[1] + z[2]
+    (layer 0) or z[2]; bias (L, 6H) holds [bx; bh] per layer. h (L, B, H) advances a step."""
+    L, B, H = h.shape
+    G = 3 * H
+    bx = bias[layer, :G]
+    bh = bias[layer, G:]
+    for r in range(B):
+        hw = z[0, r]  # h·Wh + bh
+        p0 = z[1, r]
+        p1 = z[2, r]
+        if layer == 0:
+            x = table[tokens[r]]
+            for j in range(G):
+                hw[j] = (p0[j] + p1[j]) + bh[j]
+        else:
+            x = p0
+            for j in range(G):
+                hw[j] = p1[j] + bh[j]
+        for j in range(2 * H):  # r, z
+            hw[j] = sigmoid(x[j] + bx[j] + hw[j])
+        hr = h[layer, r]
+        for j in range(H):
+            n = tanh(x[2 * H + j] + bx[2 * H + j] + hw[j] * hw[2 * H + j])
+            u = hw[H + j]
+            hr[j] = (1.0 - u) * n + u * hr[j]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _finish_rnn_layer(h, z, tokens, table, bias, layer):
+    """The plain RNN's _finish_layer: h = tanh(b + x·Wx + h·Wh), z[0] as work."""
+    L, B, H = h.shape
+    b = bias[layer]
+    for r in range(B):
+        zr = z[0, r]
+        p0 = z[1, r]
+        p1 = z[2, r]
+        for j in range(H):
+            zr[j] = b[j]
+        if layer == 0:
+            x = table[tokens[r]]
+            for j in range(H):
+                zr[j] += x[j]
+        for j in range(H):
+            zr[j] += p0[j]
+        hr = h[layer, r]
+        for j in range(H):
+            hr[j] = tanh(zr[j] + p1[j])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _finish(cell, h, c, z, tokens, table, bias, layer):
+    """The cell's _finish_layer."""
+    if cell == GRU:
+        _finish_gru_layer(h, z, tokens, table, bias, layer)
+    elif cell == RNN:
+        _finish_rnn_layer(h, z, tokens, table, bias, layer)
+    else:
+        _finish_layer(h, c, z, tokens, table, bias, layer)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def _load_xh(xh, h, layer):
     """xh (B, >=K) = [the layer below's h; this layer's h] (layer 0: its h alone)."""
     L, B, H = h.shape
@@ -125,24 +201,25 @@ def _head(logits, h, head_W, head_b):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b):
+def model_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, cell=LSTM):
     """Read one character per stream through every layer and the head; allocates nothing.
 
     logits (B, V) out: the scores of the next character
-    h, c   (L, B, H) the state, advanced in place
-    z (3, B, 4H) and xh (B, 2H): work buffers; tokens (B,) the characters read
-    table (V, 4H): layer 0's input term per character; M: tuple of L arrays (I+H, 4H),
-      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, 4H); head_W (H, V), head_b (V,)
+    h, c   (L, B, H) the state, advanced in place (c: the LSTM's; other cells leave it)
+    z (3, B, G) and xh (B, 2H): work buffers; tokens (B,) the characters read
+    table (V, G): layer 0's input term per character; M: tuple of L arrays (I+H, G),
+      [Wx; Wh] per layer, with I = 0 for layer 0; bias (L, G), the GRU's (L, 2G) [bx; bh];
+      head_W (H, V), head_b (V,); cell: LSTM, GRU or RNN (G = 4H, 3H, H)
     """
-    L = h.shape[0]
+    L, _, H = h.shape
     for layer in range(L):
         _load_xh(xh, h, layer)
         Ml = M[layer]
         K = Ml.shape[0]
-        mid = _row_half(K)
+        mid = _split(cell, layer, K, H)
         _add_rows(z[1], xh, Ml, 0, mid)
         _add_rows(z[2], xh, Ml, mid, K)
-        _finish_layer(h, c, z, tokens, table, bias, layer)
+        _finish(cell, h, c, z, tokens, table, bias, layer)
     _head(logits, h, head_W, head_b)
 
 
@@ -237,32 +314,32 @@ def sample_tokens(out, probs, order, logits, uniforms, temperature, top_k, top_p
 @njit(cache=True, error_model="numpy", nogil=True)
 def generate_steps(
     out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
-    head_b, temperature, top_k, top_p,
+    head_b, temperature, top_k, top_p, cell,
 ):  # fmt: skip
     """Read inputs (S,) in every stream (the seed), then write out (N, B): N characters per
     stream, each drawn from `logits` (B, V) and read in turn. On return h, c and logits are as
     after the last character read, ready for the next call. uniforms (N, B) in [0, 1): one per
-    character drawn; tokens (B,) work. Other arguments as in lstm_step and sample_tokens.
-    One kernel for both jobs, as each kernel calling lstm_step adds to the compile time."""
+    character drawn; tokens (B,) work. Other arguments as in model_step and sample_tokens.
+    One kernel for both jobs, as each kernel calling model_step adds to the compile time."""
     for t in range(inputs.size):
         for r in range(tokens.size):
             tokens[r] = inputs[t]
-        lstm_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b)
+        model_step(logits, h, c, z, xh, tokens, table, M, bias, head_W, head_b, cell)
     for t in range(out.shape[0]):
         sample_tokens(out[t], probs, order, logits, uniforms[t], temperature, top_k, top_p)
-        lstm_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b)
+        model_step(logits, h, c, z, xh, out[t], table, M, bias, head_W, head_b, cell)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def generate_steps_parallel(
     out, logits, h, c, z, xh, probs, order, tokens, inputs, uniforms, table, M, bias, head_W,
-    head_b, temperature, top_k, top_p,
+    head_b, temperature, top_k, top_p, cell,
 ):  # fmt: skip
     """generate_steps with the two halves of each layer's rows on two threads (numba's; they
     meet once per layer). The same arguments and, bit for bit, the same results. Worth it for
     wide models when nothing else runs on the cores: a thread the system puts to sleep holds
     the other one up at every layer."""
-    L = h.shape[0]
+    L, _, H = h.shape
     S = inputs.size
     for t in range(S + out.shape[0]):
         if t < S:
@@ -276,11 +353,11 @@ def generate_steps_parallel(
             _load_xh(xh, h, layer)
             Ml = M[layer]
             K = Ml.shape[0]
-            mid = _row_half(K)
+            mid = _split(cell, layer, K, H)
             for half in prange(2):
                 if half == 0:
                     _add_rows(z[1], xh, Ml, 0, mid)
                 else:
                     _add_rows(z[2], xh, Ml, mid, K)
-            _finish_layer(h, c, z, tokens, table, bias, layer)
+            _finish(cell, h, c, z, tokens, table, bias, layer)
         _head(logits, h, head_W, head_b)
