@@ -1,7 +1,8 @@
 """The GRU and plain RNN models' passes over a window, beside model.py's LSTM: the
-projections and every weight gradient as window-wide BLAS products, the recurrence in
-kernels.gru / kernels.rnn, batch-major (T, B, ·) throughout. model.forward and
-model.loss_and_grad call these for config.cell "gru" and "rnn", after drawing the masks.
+projections and every weight gradient as window-wide products split over numba's threads,
+the recurrence in kernels.gru / kernels.rnn with the units in the workspace's bands,
+batch-major (T, B, ·) throughout. model.forward and model.loss_and_grad call these for
+config.cell "gru" and "rnn", after drawing the masks, on one pool of threads.
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ from . import kernels
 
 class CellBuffers:
     """A window's work beyond the Workspace's rows (which hold each layer's activated gates,
-    in `gates` (L, T, B, G), and h): the GRU's h·Wh_n + bh_n, and the backward's gradients."""
+    in `gates` (L, T, B, G), and h): the GRU's h·Wh_n + bh_n, the bands' weights, and the
+    backward's gradients. U bands of Hu = H/U units; q = G/H blocks (3 for the GRU)."""
 
-    def __init__(self, L: int, T: int, B: int, H: int, G: int, V: int, dtype: np.dtype):
+    def __init__(self, L: int, T: int, B: int, H: int, G: int, V: int, U: int, dtype: np.dtype):
         self.hn = np.empty((L, T, B, H), dtype=dtype)  # GRU: what r scaled
         self.dlogits = np.empty((T * B, V), dtype=dtype)
         self.dh = np.empty((T, B, H), dtype=dtype)  # w.r.t. a layer's h, from above
         self.dx_proj = np.empty((T, B, G), dtype=dtype)
         self.dh_proj = np.empty((T, B, G), dtype=dtype)
         self.h_prev = np.empty((T, B, H), dtype=dtype)  # h_{t-1} of each step
-        self.Wh_T = np.empty((G, H), dtype=dtype)
+        self.Wh_bands = np.empty((U, H, G // U), dtype=dtype)  # each band's columns of Wh
+        self.WhT_bands = np.empty((U, G, H // U), dtype=dtype)  # each band's rows of Wh, transposed
+        self.dtable = np.empty((V, G), dtype=dtype)  # w.r.t. the first layer's per-character rows
+        # kernels.add_weight_gradient_rows' partial products, the largest a layer's (H, G)
+        # or the head's (H, V)
+        self.parts = np.empty((U, H * max(G, V)), dtype=dtype)
+        self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.kernels.spin)
 
 
 def forward(params, h: np.ndarray, ws) -> np.ndarray:
@@ -30,7 +38,7 @@ def forward(params, h: np.ndarray, ws) -> np.ndarray:
     advanced in place; the logits (T*B, V), also left in ws.logits."""
     config = params.config
     cell, L, H, G = config.cell, config.layers, config.hidden, config.projection_width
-    T, B = ws.steps, ws.batch
+    T, B, U = ws.steps, ws.batch, ws.bands
     buffers = _buffers(ws)
     for layer in range(L):
         proj = ws.gates[layer].reshape(T * B, G)  # x·Wx + bx, activated in place by the kernel
@@ -41,23 +49,24 @@ def forward(params, h: np.ndarray, ws) -> np.ndarray:
             kernels.matmul(ws.input_table, params["embed"], Wx)
             kernels.gather_rows(proj, ws.input_table, ws.tokens)
         else:
-            kernels.matmul(proj, _output(ws, layer - 1).reshape(T * B, H), Wx)
+            kernels.matmul_rows(proj, _output(ws, layer - 1).reshape(T * B, H), Wx, U)
         ws.h0[layer] = h[layer]
+        _bands_of_columns(buffers.Wh_bands, params[f"{cell}.{layer}.Wh"])
         if cell == "gru":
             kernels.add_row_vector(proj, params[f"gru.{layer}.bx"])
             kernels.gru_forward(
-                ws.h_seq[layer], ws.gates[layer], buffers.hn[layer], params[f"gru.{layer}.Wh"],
-                params[f"gru.{layer}.bh"], ws.h0[layer],
+                ws.h_seq[layer], ws.gates[layer], buffers.hn[layer], buffers.Wh_bands,
+                params[f"gru.{layer}.bh"], ws.h0[layer], buffers.meeting,
             )  # fmt: skip
         else:
             kernels.add_row_vector(proj, params[f"rnn.{layer}.b"])
             ws.h_seq[layer] = ws.gates[layer]
-            kernels.rnn_forward(ws.h_seq[layer], params[f"rnn.{layer}.Wh"], ws.h0[layer])
+            kernels.rnn_forward(ws.h_seq[layer], buffers.Wh_bands, ws.h0[layer], buffers.meeting)
         if ws.dropout_on:
             kernels.apply_dropout(ws.x_drop[layer], ws.h_seq[layer], ws.masks[layer])
         h[layer] = ws.h_seq[layer, T - 1]
     top = _output(ws, L - 1).reshape(T * B, H)
-    kernels.matmul(ws.logits_rows, top, params["head.W"])
+    kernels.matmul_rows(ws.logits_rows, top, params["head.W"], U)
     kernels.add_row_vector(ws.logits_rows, params["head.b"])
     ws.logits = ws.logits_rows
     return ws.logits
@@ -68,48 +77,68 @@ def backward(params, grads, targets: np.ndarray, ws, characters: int) -> float:
     them). Returns the mean loss per character, loss and gradients divided by `characters`."""
     config = params.config
     cell, L, H, G = config.cell, config.layers, config.hidden, config.projection_width
-    T, B = ws.steps, ws.batch
+    T, B, U = ws.steps, ws.batch, ws.bands
     buffers = _buffers(ws)
     N = T * B
     dlogits = buffers.dlogits
     loss = kernels.softmax_cross_entropy(dlogits, ws.logits, targets.reshape(N)) * (N / characters)
     dlogits *= N / characters  # the kernel divides by N
-    top = _output(ws, L - 1).reshape(N, H)
-    kernels.matmul_add(grads["head.W"], top.T, dlogits)
+    _add_weight_gradient(grads["head.W"], _output(ws, L - 1).reshape(N, H), dlogits, buffers, U)
     grads["head.b"][...] += dlogits.sum(axis=0)
     dh = buffers.dh.reshape(N, H)
-    kernels.matmul(dh, dlogits, params["head.W"].T)
+    kernels.matmul_rows(dh, dlogits, params["head.W"].T, U)
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
             kernels.apply_dropout(buffers.dh, buffers.dh, ws.masks[layer])
-        buffers.Wh_T[...] = params[f"{cell}.{layer}.Wh"].T
-        buffers.h_prev[0] = ws.h0[layer]
-        buffers.h_prev[1:] = ws.h_seq[layer, : T - 1]
+        Wh = params[f"{cell}.{layer}.Wh"]
+        _bands_of_rows(buffers.WhT_bands, Wh)
         if cell == "gru":
             kernels.gru_backward(
                 buffers.dx_proj, buffers.dh_proj, buffers.dh, ws.gates[layer], buffers.hn[layer],
-                ws.h_seq[layer], ws.h0[layer], buffers.Wh_T,
+                ws.h_seq[layer], ws.h0[layer], buffers.WhT_bands, buffers.meeting,
             )  # fmt: skip
             dx_proj, dh_proj = buffers.dx_proj.reshape(N, G), buffers.dh_proj.reshape(N, G)
             grads[f"gru.{layer}.bx"][...] += dx_proj.sum(axis=0)
             grads[f"gru.{layer}.bh"][...] += dh_proj.sum(axis=0)
         else:
-            kernels.rnn_backward(buffers.dx_proj, buffers.dh, ws.h_seq[layer], buffers.Wh_T)
+            kernels.rnn_backward(
+                buffers.dx_proj, buffers.dh, ws.h_seq[layer], buffers.WhT_bands, buffers.meeting
+            )
             dx_proj = dh_proj = buffers.dx_proj.reshape(N, G)
             grads[f"rnn.{layer}.b"][...] += dx_proj.sum(axis=0)
-        kernels.matmul_add(grads[f"{cell}.{layer}.Wh"], buffers.h_prev.reshape(N, H).T, dh_proj)
-        Wx = params[f"{cell}.{layer}.Wx"]
+        buffers.h_prev[0] = ws.h0[layer]
+        buffers.h_prev[1:] = ws.h_seq[layer, : T - 1]
+        _add_weight_gradient(grads[f"{cell}.{layer}.Wh"], buffers.h_prev.reshape(N, H), dh_proj, buffers, U)
+        Wx, dWx = params[f"{cell}.{layer}.Wx"], grads[f"{cell}.{layer}.Wx"]
         if layer > 0:
-            kernels.matmul_add(grads[f"{cell}.{layer}.Wx"], _output(ws, layer - 1).reshape(N, H).T, dx_proj)
-            kernels.matmul(dh, dx_proj, Wx.T)  # w.r.t. the layer below's output
+            _add_weight_gradient(dWx, _output(ws, layer - 1).reshape(N, H), dx_proj, buffers, U)
+            kernels.matmul_rows(dh, dx_proj, Wx.T, U)  # w.r.t. the layer below's output
         elif config.embed == 0:
-            np.add.at(grads[f"{cell}.0.Wx"], ws.tokens, dx_proj)  # one-hot rows
-        else:
-            embedded = params["embed"][ws.tokens]  # (N, E)
-            kernels.matmul_add(grads[f"{cell}.0.Wx"], embedded.T, dx_proj)
-            d_embedded = dx_proj @ Wx.T  # (N, E)
-            np.add.at(grads["embed"], ws.tokens, d_embedded)
+            kernels.scatter_add_rows(dWx, ws.tokens, dx_proj)  # one-hot: rows of Wx
+        else:  # through the table embed·Wx the forward looked rows up in
+            buffers.dtable[...] = 0.0
+            kernels.scatter_add_rows(buffers.dtable, ws.tokens, dx_proj)
+            kernels.matmul_add(dWx, params["embed"].T, buffers.dtable)
+            kernels.matmul_add(grads["embed"], buffers.dtable, Wx.T)
     return loss
+
+
+def _add_weight_gradient(dW: np.ndarray, x: np.ndarray, d: np.ndarray, buffers: CellBuffers, U: int) -> None:
+    """dW (I, G) += x (N, I).T · d (N, G), on the bands' threads."""
+    kernels.add_weight_gradient_rows(dW, x, d, buffers.parts, U)
+
+
+def _bands_of_columns(out: np.ndarray, Wh: np.ndarray) -> None:
+    """out (U, H, q*Hu): band u's units' columns of Wh (H, q*H) in each of its q blocks."""
+    U, H, _ = out.shape
+    q, Hu = Wh.shape[1] // H, H // U
+    out.reshape(U, H, q, Hu)[...] = Wh.reshape(H, q, U, Hu).transpose(2, 0, 1, 3)
+
+
+def _bands_of_rows(out: np.ndarray, Wh: np.ndarray) -> None:
+    """out (U, q*H, Hu): band u's units' rows of Wh (H, q*H), transposed."""
+    U, _, Hu = out.shape
+    out[...] = Wh.reshape(U, Hu, -1).transpose(0, 2, 1)
 
 
 def _output(ws, layer: int) -> np.ndarray:
@@ -122,6 +151,6 @@ def _buffers(ws) -> CellBuffers:
         config = ws.config
         ws._cells = CellBuffers(
             config.layers, ws.steps, ws.batch, config.hidden, config.projection_width,
-            config.vocab_size, ws.dtype,
+            config.vocab_size, ws.bands, ws.dtype,
         )  # fmt: skip
     return ws._cells

@@ -336,7 +336,8 @@ def forward(
     ws.tokens[:] = inputs.reshape(T * B)
     _draw_masks(ws, dropout_rng)
     if config.cell != "lstm":
-        return cells.forward(params, h, ws)
+        with _one_pool_of_threads(ws.bands):
+            return cells.forward(params, h, ws)
 
     for layer in range(L):
         Wx = params[f"lstm.{layer}.Wx"]
@@ -584,12 +585,14 @@ def loss_and_grad(
     are left in ws.logits (T*B, V). With `characters`, loss and gradients are divided by it
     instead of T*B: a data-parallel rank's share of the mean over every rank's streams."""
     grads.flat[:] = 0.0
-    if params.config.cell != "lstm":  # BLAS's own pool runs the products (charlstm.cells)
+    count = inputs.size if characters is None else characters
+    if params.config.cell != "lstm":
         forward(params, inputs, h, c, ws, dropout_rng)
-        return cells.backward(params, grads, targets, ws, inputs.size if characters is None else characters)
+        with _one_pool_of_threads(ws.bands):
+            return cells.backward(params, grads, targets, ws, count)
     with _one_pool_of_threads(ws.bands):
         _train_forward(params, inputs, h, c, ws, dropout_rng)
-        return _train_backward(params, grads, targets, ws, inputs.size if characters is None else characters)
+        return _train_backward(params, grads, targets, ws, count)
 
 
 def training_forward(

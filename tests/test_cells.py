@@ -3,15 +3,17 @@ against the NumPy reference in tests/reference_cells.py, gradients against finit
 carried state, float32 training, checkpoints, sampling and the CLI from train to eval.
 """
 
+import contextlib
 import json
 import zipfile
 
+import numba
 import numpy as np
 import pytest
 import reference_cells
 from typer.testing import CliRunner
 
-from charlstm import sample
+from charlstm import model, sample
 from charlstm.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.cli import app
 from charlstm.data import Vocab
@@ -283,3 +285,54 @@ def test_cli_trains_samples_and_evaluates_each_cell(tmp_path, cell):
     assert inspected.exit_code == 1 and "Traceback" not in inspected.output
     assert inspected.stderr.startswith("error: ") and inspected.stderr.count("\n") == 1
     assert f"a {cell} model" in inspected.stderr
+
+
+# --- the units in bands, on numba's threads
+
+
+def banded_step(cell, bands, threads, dtype=np.float64):
+    """loss_and_grad of a 2x8 model with its units in `bands`, numba on `threads` threads
+    (model's pool of one thread a band held to them): (loss, gradients, final h, how the
+    backward's team met: the members that joined, or negative if one claimed all the work)."""
+    config = ModelConfig(V, 2, 8, 4, 0.2, cell)
+    rng = np.random.default_rng(4)
+    params = init_params(config, rng, dtype)
+    inputs, targets = rng.integers(0, V, (6, 4)), rng.integers(0, V, (6, 4))
+    h, c = zero_state(config, 4, dtype)
+    h[:] = rng.uniform(-0.8, 0.8, h.shape)
+    grads = Params.zeros(config, dtype)
+    ws = Workspace(config, 6, 4, dtype, bands=bands)
+    before, pool = numba.get_num_threads(), model._one_pool_of_threads
+    numba.set_num_threads(threads)
+    model._one_pool_of_threads = lambda bands: contextlib.nullcontext()
+    try:
+        loss = loss_and_grad(params, grads, inputs, targets, h, c, ws, np.random.default_rng(1))
+    finally:
+        numba.set_num_threads(before)
+        model._one_pool_of_threads = pool
+    return loss, grads.flat.copy(), h, ws._cells.meeting[0]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bands_give_the_gradient_of_one_band(cell):
+    loss, grads, h, _ = banded_step(cell, bands=1, threads=1)
+    banded_loss, banded_grads, banded_h, _ = banded_step(cell, bands=2, threads=1)
+    assert banded_loss == pytest.approx(loss, rel=1e-13)
+    np.testing.assert_allclose(banded_grads, grads, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(banded_h, h, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two of numba's threads")
+@pytest.mark.parametrize("cell", CELLS)
+def test_bands_on_one_thread_or_two_give_the_same_bits(cell):
+    """Two bands on two threads meet after every step; on one thread the member that comes
+    does both bands (kernels.spin): the same arithmetic in the same order either way."""
+    for _ in range(3):  # a shared host may delay a thread past the patience: try a few times
+        together = banded_step(cell, bands=2, threads=2, dtype=np.float32)
+        if together[3] == 2:  # both members joined the backward's team
+            break
+    assert together[3] == 2, "two threads never met in three tries"
+    alone = banded_step(cell, bands=2, threads=1, dtype=np.float32)
+    assert alone[3] < 0  # claimed by the one member that came
+    assert together[0] == alone[0]
+    assert np.array_equal(together[1], alone[1]) and np.array_equal(together[2], alone[2])

@@ -27,6 +27,7 @@ from .layouts import (
     pack_bands,
     pack_into_bands,
     pack_rows,
+    scatter_add_rows,
     to_step_major,
     transpose_into,
     transpose_into_bands,
@@ -38,6 +39,7 @@ from .products import (
     add_column_vector,
     add_row_vector,
     add_weight_gradient,
+    add_weight_gradient_rows,
     matmul,
     matmul_add,
     matmul_rows,
@@ -48,13 +50,13 @@ from .rnn import rnn_backward, rnn_forward
 from .sampling import embed_projection, generate_steps, generate_steps_parallel, model_step, sample_tokens
 
 __all__ = [
-    "adam_step", "add_column_vector", "add_row_vector", "add_weight_gradient", "apply_dropout",
-    "average_step", "clip_grad_norm", "dropout_masks", "dropout_masks_of_streams",
-    "embed_projection", "exp", "gate_stats_add", "gather_rows", "generate_steps",
-    "generate_steps_parallel", "global_norm", "gru_backward", "gru_forward", "lstm_forward",
-    "lstm_forward_stream", "lstm_train_backward", "lstm_train_forward", "matmul", "matmul_add",
-    "matmul_rows", "model_step", "pack_bands", "pack_into_bands", "pack_rows", "rnn_backward",
-    "rnn_forward", "sample_tokens", "sigmoid", "softmax_cross_entropy",
-    "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows", "tiled_matmul",
-    "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
+    "adam_step", "add_column_vector", "add_row_vector", "add_weight_gradient",
+    "add_weight_gradient_rows", "apply_dropout", "average_step", "clip_grad_norm", "dropout_masks",
+    "dropout_masks_of_streams", "embed_projection", "exp", "gate_stats_add", "gather_rows",
+    "generate_steps", "generate_steps_parallel", "global_norm", "gru_backward", "gru_forward",
+    "lstm_forward", "lstm_forward_stream", "lstm_train_backward", "lstm_train_forward", "matmul",
+    "matmul_add", "matmul_rows", "model_step", "pack_bands", "pack_into_bands", "pack_rows",
+    "rnn_backward", "rnn_forward", "sample_tokens", "scatter_add_rows", "sigmoid",
+    "softmax_cross_entropy", "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows",
+    "tiled_matmul", "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
 ]  # fmt: skip

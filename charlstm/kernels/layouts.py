@@ -135,6 +135,17 @@ def _pack(out, W, full, lo, hi, block, stride, offset, M):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def scatter_add_rows(out, tokens, rows):
+    """out[tokens[n]] += rows[n] for rows (N, D), tokens (N,) int: gather_rows' backward."""
+    N, D = rows.shape
+    for n in range(N):
+        dst = out[tokens[n]]
+        src = rows[n]
+        for k in range(D):
+            dst[k] += src[k]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def gather_rows(out, table, tokens):
     """out (N, D) = table[tokens]; tokens (N,) int. Embedding lookup, or one-hot times Wx."""
     N, D = out.shape

@@ -45,6 +45,25 @@ def add_weight_gradient(dW, dz, x, dW_T, threads):
         _transpose(dW[:, lo:hi], dW_T[lo:hi], True)  # added in
 
 
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def add_weight_gradient_rows(dW, x, d, parts, threads):
+    """dW (I, G) += x (N, I).T · d (N, G): a weight gradient over a batch-major window
+    (charlstm.cells), in `threads` bands of the N rows, each its own partial product in
+    parts (>= threads, >= I*G) work, then added up in band order (the same bits for the
+    same thread count). x and d C-contiguous."""
+    N = x.shape[0]
+    rows, G = dW.shape
+    for p in prange(threads):
+        lo, hi = p * N // threads, (p + 1) * N // threads
+        np.dot(x[lo:hi].T, d[lo:hi], parts[p, : rows * G].reshape((rows, G)))
+    for i in prange(rows):
+        out = dW[i]
+        for p in range(threads):
+            part = parts[p, i * G : (i + 1) * G]
+            for g in range(G):
+                out[g] += part[g]
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def add_row_vector(a, v):
     """a (M, N) += v (N,) on every row (adding a bias)."""
