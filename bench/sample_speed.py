@@ -1,7 +1,9 @@
 """Characters per second generating text at batch 1: charlstm against a plain NumPy step loop
-and PyTorch (`nn.LSTM` called once per character, and a hand-written step), side by side.
+and PyTorch (`nn.LSTM`, `nn.GRU` or `nn.RNN` called once per character, and a hand-written
+step), side by side.
 
     python bench/sample_speed.py [--sizes 2x256,2x512] [--threads 1,2] [--repeats 3] [--isa native,avx2]
+                                 [--cell lstm|gru|rnn]
 
 Random-init models with V=65, E=64, float32; each measurement generates 2,000 characters after
 a 100-character seed at temperature 0.8, in its own subprocess with the thread count fixed
@@ -29,32 +31,35 @@ V, E = 65, 64
 LENGTH = 2000
 SEED_TEXT = ("First Citizen: before we proceed any further, hear me speak. All: speak, speak. " * 2)[:100]
 TEMPERATURE = 0.8
-IMPLS = ("charlstm", "numpy", "torch-lstm", "torch-step")
+IMPLS = ("charlstm", "numpy", "torch-module", "torch-step")
 
 
-def make_model(layers: int, hidden: int):
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of H columns in each Wx and Wh
+
+
+def make_model(layers: int, hidden: int, cell: str):
     from charlstm.data import Vocab
     from charlstm.model import ModelConfig, init_params
 
     vocab = Vocab(sorted("\n !',-.:;?012" + string.ascii_letters))  # V = 65 characters
-    config = ModelConfig(vocab_size=vocab.size, layers=layers, hidden=hidden, embed=E)
+    config = ModelConfig(vocab_size=vocab.size, layers=layers, hidden=hidden, embed=E, cell=cell)
     return init_params(config, np.random.default_rng(0)), vocab
 
 
-def time_charlstm(layers: int, hidden: int, threads: int) -> float:
+def time_charlstm(layers: int, hidden: int, threads: int, cell: str) -> float:
     """`charlstm sample --threads N`: each layer's units split over N threads."""
     from charlstm.sample import generate
 
-    params, vocab = make_model(layers, hidden)
+    params, vocab = make_model(layers, hidden, cell)
     generate(params, vocab, SEED_TEXT, 10, random_seed=0, threads=threads)  # load cached kernels
     start = time.perf_counter()
     generate(params, vocab, SEED_TEXT, LENGTH, temperature=TEMPERATURE, random_seed=1, threads=threads)
     return LENGTH / (time.perf_counter() - start)
 
 
-def time_numpy(layers: int, hidden: int) -> float:
+def time_numpy(layers: int, hidden: int, cell: str) -> float:
     """The obvious NumPy loop: a few matrix-vector products and gate slices per layer."""
-    params, vocab = make_model(layers, hidden)
+    params, vocab = make_model(layers, hidden, cell)
     H = hidden
     w = {name: params[name] for name in params.names()}
     rng = np.random.default_rng(1)
@@ -64,13 +69,28 @@ def time_numpy(layers: int, hidden: int) -> float:
     def sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))
 
+    def lstm_layer(layer: int, x: np.ndarray) -> np.ndarray:
+        z = x @ w[f"lstm.{layer}.Wx"] + h[layer] @ w[f"lstm.{layer}.Wh"] + w[f"lstm.{layer}.b"]
+        i, f, o = sigmoid(z[:H]), sigmoid(z[H : 2 * H]), sigmoid(z[3 * H :])
+        c[layer] = f * c[layer] + i * np.tanh(z[2 * H : 3 * H])
+        return o * np.tanh(c[layer])
+
+    def gru_layer(layer: int, x: np.ndarray) -> np.ndarray:
+        xi = x @ w[f"gru.{layer}.Wx"] + w[f"gru.{layer}.bx"]
+        hh = h[layer] @ w[f"gru.{layer}.Wh"] + w[f"gru.{layer}.bh"]
+        r, z = sigmoid(xi[:H] + hh[:H]), sigmoid(xi[H : 2 * H] + hh[H : 2 * H])
+        n = np.tanh(xi[2 * H :] + r * hh[2 * H :])
+        return (1 - z) * n + z * h[layer]
+
+    def rnn_layer(layer: int, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x @ w[f"rnn.{layer}.Wx"] + h[layer] @ w[f"rnn.{layer}.Wh"] + w[f"rnn.{layer}.b"])
+
+    one_layer = {"lstm": lstm_layer, "gru": gru_layer, "rnn": rnn_layer}[cell]
+
     def step(token: int) -> np.ndarray:
         x = w["embed"][token]
         for layer in range(layers):
-            z = x @ w[f"lstm.{layer}.Wx"] + h[layer] @ w[f"lstm.{layer}.Wh"] + w[f"lstm.{layer}.b"]
-            i, f, o = sigmoid(z[:H]), sigmoid(z[H : 2 * H]), sigmoid(z[3 * H :])
-            c[layer] = f * c[layer] + i * np.tanh(z[2 * H : 3 * H])
-            h[layer] = o * np.tanh(c[layer])
+            h[layer] = one_layer(layer, x)
             x = h[layer]
         return x @ w["head.W"] + w["head.b"]
 
@@ -88,44 +108,59 @@ def time_numpy(layers: int, hidden: int) -> float:
     return LENGTH / (time.perf_counter() - start)
 
 
-def time_torch(layers: int, hidden: int, threads: int, way: str) -> float:
+def time_torch(layers: int, hidden: int, threads: int, way: str, cell: str) -> float:
     import torch
 
     torch.set_num_threads(threads)
-    params, vocab = make_model(layers, hidden)
+    params, vocab = make_model(layers, hidden, cell)
     H = hidden
     t = {name: torch.from_numpy(params[name].copy()) for name in params.names()}
-    lstm = torch.nn.LSTM(E, H, layers)
-    with torch.no_grad():
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](E, H, layers)
+    with torch.no_grad():  # the README's mapping: a transpose, the biases as they are
         for layer in range(layers):
-            getattr(lstm, f"weight_ih_l{layer}").copy_(t[f"lstm.{layer}.Wx"].T)
-            getattr(lstm, f"weight_hh_l{layer}").copy_(t[f"lstm.{layer}.Wh"].T)
-            getattr(lstm, f"bias_ih_l{layer}").copy_(t[f"lstm.{layer}.b"])
-            getattr(lstm, f"bias_hh_l{layer}").zero_()
+            getattr(module, f"weight_ih_l{layer}").copy_(t[f"{cell}.{layer}.Wx"].T)
+            getattr(module, f"weight_hh_l{layer}").copy_(t[f"{cell}.{layer}.Wh"].T)
+            getattr(module, f"bias_ih_l{layer}").copy_(t[f"{cell}.{layer}.{'bx' if cell == 'gru' else 'b'}"])
+            bias_hh = getattr(module, f"bias_hh_l{layer}")
+            bias_hh.copy_(t[f"gru.{layer}.bh"]) if cell == "gru" else bias_hh.zero_()
     gen = torch.Generator().manual_seed(1)
     state = [(torch.zeros(1, H), torch.zeros(1, H)) for _ in range(layers)]
-    lstm_state = (torch.zeros(layers, 1, H), torch.zeros(layers, 1, H))
+    zeros = torch.zeros(layers, 1, H)
+    module_state = (zeros, zeros.clone()) if cell == "lstm" else zeros
 
-    def step_lstm(token: int) -> torch.Tensor:
-        nonlocal lstm_state
+    def step_module(token: int) -> torch.Tensor:
+        nonlocal module_state
         x = t["embed"][token].view(1, 1, E)
-        out, lstm_state = lstm(x, lstm_state)
+        out, module_state = module(x, module_state)
         return out[0, 0] @ t["head.W"] + t["head.b"]
+
+    def hand_layer(layer: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple:
+        name = f"{cell}.{layer}"
+        if cell == "lstm":
+            z = torch.addmm(t[f"{name}.b"], x, t[f"{name}.Wx"])
+            z.addmm_(h, t[f"{name}.Wh"])
+            i, f, g, o = z.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        if cell == "gru":
+            xi = torch.addmm(t[f"{name}.bx"], x, t[f"{name}.Wx"])
+            hh = torch.addmm(t[f"{name}.bh"], h, t[f"{name}.Wh"])
+            xr, xz, xn = xi.chunk(3, dim=1)
+            hr, hz, hn = hh.chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            return (1 - z) * n + z * h, c
+        z = torch.addmm(t[f"{name}.b"], x, t[f"{name}.Wx"])
+        return torch.tanh(z.addmm_(h, t[f"{name}.Wh"])), c
 
     def step_hand(token: int) -> torch.Tensor:
         x = t["embed"][token].view(1, E)
         for layer in range(layers):
-            h, c = state[layer]
-            z = torch.addmm(t[f"lstm.{layer}.b"], x, t[f"lstm.{layer}.Wx"])
-            z.addmm_(h, t[f"lstm.{layer}.Wh"])
-            i, f, g, o = z.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            state[layer] = (h, c)
-            x = h
+            state[layer] = hand_layer(layer, x, *state[layer])
+            x = state[layer][0]
         return (x @ t["head.W"] + t["head.b"])[0]
 
-    step = step_lstm if way == "lstm" else step_hand
+    step = step_module if way == "module" else step_hand
     with torch.inference_mode():
         for token in vocab.encode(SEED_TEXT):
             logits = step(int(token))
@@ -136,15 +171,17 @@ def time_torch(layers: int, hidden: int, threads: int, way: str) -> float:
     return LENGTH / (time.perf_counter() - start)
 
 
-def weight_bytes(layers: int, hidden: int) -> int:
+def weight_bytes(layers: int, hidden: int, cell: str) -> int:
     """Bytes of weights the sampler reads per character: [Wx; Wh] of each layer (layer 0's
     input term is a table row), and the head."""
-    H = hidden
-    return 4 * (H * 4 * H + (layers - 1) * 2 * H * 4 * H + H * V)
+    H, G = hidden, GATES[cell] * hidden
+    return 4 * (H * G + (layers - 1) * 2 * H * G + H * V)
 
 
-def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int, isa: str) -> float | None:
-    cmd = [sys.executable, __file__, "--child", f"{impl}:{layers}:{hidden}:{threads}"]
+def measure_in_subprocess(
+    impl: str, layers: int, hidden: int, threads: int, isa: str, cell: str
+) -> float | None:
+    cmd = [sys.executable, __file__, "--child", f"{impl}:{layers}:{hidden}:{threads}:{cell}"]
     result = subprocess.run(cmd, env=isa_env.environment(isa, threads), capture_output=True, text=True)
     if result.returncode != 0:
         if impl.startswith("torch") and "No module named 'torch'" in result.stderr:
@@ -154,14 +191,14 @@ def measure_in_subprocess(impl: str, layers: int, hidden: int, threads: int, isa
 
 
 def run_child(spec: str) -> None:
-    impl, layers, hidden, threads = spec.split(":")
+    impl, layers, hidden, threads, cell = spec.split(":")
     L, H = int(layers), int(hidden)
     if impl == "charlstm":
-        rate = time_charlstm(L, H, int(threads))
+        rate = time_charlstm(L, H, int(threads), cell)
     elif impl == "numpy":
-        rate = time_numpy(L, H)
+        rate = time_numpy(L, H, cell)
     else:
-        rate = time_torch(L, H, int(threads), impl.removeprefix("torch-"))
+        rate = time_torch(L, H, int(threads), impl.removeprefix("torch-"), cell)
     print(json.dumps({"chars_per_s": rate}))
 
 
@@ -171,6 +208,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
     parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
+    parser.add_argument("--cell", default="lstm", choices=tuple(GATES), help="the recurrent cell")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -179,7 +217,10 @@ def main() -> None:
 
     sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
     thread_counts = [int(n) for n in args.threads.split(",")]
-    print(f"generating {LENGTH} characters at batch 1, V={V} E={E}, float32; best of {args.repeats}")
+    print(
+        f"generating {LENGTH} characters at batch 1, {args.cell}, V={V} E={E}, float32; "
+        f"best of {args.repeats}"
+    )
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {isa_env.cpu_model()}")
     header = [
         "isa",
@@ -188,7 +229,7 @@ def main() -> None:
         "charlstm",
         "GB/s",
         "numpy",
-        "nn.LSTM",
+        {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}[args.cell],
         "torch step",
         "x numpy",
         "x torch",
@@ -202,15 +243,15 @@ def main() -> None:
                     for impl in IMPLS:
                         if best[impl] is None:
                             continue
-                        rate = measure_in_subprocess(impl, layers, hidden, threads, isa)
+                        rate = measure_in_subprocess(impl, layers, hidden, threads, isa, args.cell)
                         best[impl] = None if rate is None else max(best[impl], rate)
                 ours, numpy_rate = best["charlstm"], best["numpy"]
-                torch_rates = [r for r in (best["torch-lstm"], best["torch-step"]) if r]
+                torch_rates = [r for r in (best["torch-module"], best["torch-step"]) if r]
                 torch_best = max(torch_rates) if torch_rates else None
-                bandwidth = ours * weight_bytes(layers, hidden) / 1e9  # the weights read, GB/s
+                bandwidth = ours * weight_bytes(layers, hidden, args.cell) / 1e9  # the weights read, GB/s
                 cells = [isa, f"{layers}x{hidden}", str(threads), f"{ours:.0f}", f"{bandwidth:.1f}"]
                 cells += [f"{numpy_rate:.0f}"]
-                cells += [f"{best[i]:.0f}" if best[i] else "-" for i in ("torch-lstm", "torch-step")]
+                cells += [f"{best[i]:.0f}" if best[i] else "-" for i in ("torch-module", "torch-step")]
                 cells += [f"{ours / numpy_rate:.2f}", f"{ours / torch_best:.2f}" if torch_best else "-"]
                 print(" ".join(f"{cell:>10}" for cell in cells), flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")

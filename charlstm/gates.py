@@ -1,9 +1,10 @@
-"""Gate inspection: run a model over a text with B=1 and keep what its LSTM cells did.
+"""Gate inspection: run a model over a text with B=1 and keep what its cells did.
 
-`compute_trace` records the gates i, f, g, o, the memory c and the hidden state h of every unit
-(full arrays for the displayed span, streamed statistics over the whole text); the functions
-below it measure gate saturation, memory half-life, and rank units by variability or by
-correlation with a feature of the text, against a circular-shift null. No rich, no Typer here.
+`compute_trace` records every unit's gates (the LSTM's i, f, g, o, the GRU's r, z, n; a plain
+RNN has none), the LSTM's memory c and the hidden state h (full arrays for the displayed span,
+streamed statistics over the whole text); the functions below it measure gate saturation,
+memory half-life, and rank units by variability or by correlation with a feature of the text,
+against a circular-shift null (charlstm.features). No rich, no Typer here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import math
 import mmap
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,38 +20,30 @@ import numpy as np
 from . import kernels
 from .data import Vocab, encode_known
 from .errors import ConfigError
-from .model import GATE_NAMES, ModelConfig, Params, zero_state
+from .features import (
+    BUILTIN_FEATURES,
+    N_SHIFTS,
+    check_feature,
+    feature_correlation,
+    feature_values,
+    mean_std,
+    shifts_of,
+)
+from .model import ModelConfig, Params, zero_state
+from .signals import NO_KEEP_GATE, CellSignals, signals_of
 from .stream import LayerCallback as LayerObserver
 from .stream import run_stream
 
-SIGNALS = ("i", "f", "g", "o", "c", "h")  # the four gates, then the cell's memory and output
-SIGNAL_ROLES = {  # short labels, from the explainers' "four small networks" picture
-    "i": "input/learn",
-    "f": "forget",
-    "g": "candidate",
-    "o": "output/use",
-    "c": "memory",
-    "h": "hidden",
-}
-SIGNAL_HELP = {  # one line each, for legends
-    "i": "input gate: how much of the candidate is written into memory now (learn)",
-    "f": "forget gate: how much of the old memory is kept (1 keeps all, 0 wipes it)",
-    "g": "candidate: the new value on offer for the memory, in [-1, 1]",
-    "o": "output gate: how much of the memory is shown as h (use)",
-    "c": "memory cell c = f*c_prev + i*g, shown as tanh(c) in [-1, 1]",
-    "h": "hidden state h = o*tanh(c): what the layer above and the prediction see",
-}
-SATURATION_GATES = ("i", "f", "o")  # sigmoid gates: the ones that can be shut or wide open
-BUILTIN_FEATURES = ("quote", "line-pos", "indent", "depth")
+__all__ = ["BUILTIN_FEATURES", "N_SHIFTS", "check_feature", "feature_correlation", "feature_values"]
+
 PICKS = ("variance", "integrator")
 
 MAX_CHARS = 20_000  # statistics cover at most this many characters (memory: L*N*H floats x2)
 DEFAULT_MAX_CHARS = 2_000
 WINDOW = 1024  # characters per forward call; the state (h, c) is carried between windows
-N_SHIFTS = 20  # circular shifts making the null distribution of a feature correlation
 TOP_GUESSES = 5  # kept for every character; the terminal shows the first SHOWN_GUESSES
 SHOWN_GUESSES = 3
-FORGET_BINS = 1 << 16  # forget gates binned by the top 16 bits of float32(1 - f)
+FORGET_BINS = 1 << 16  # keep gates (f, z) binned by the top 16 bits of float32(1 - f)
 POPULATE_BYTES = 4 << 20  # arrays from this size get their pages mapped up front
 
 
@@ -78,7 +70,7 @@ class Thresholds:
 
 @dataclass(frozen=True, order=True)
 class Unit:
-    """One LSTM unit: layer counted from 0 here, shown as L1, L2, ... (`L2:17`)."""
+    """One unit of a layer: layer counted from 0 here, shown as L1, L2, ... (`L2:17`)."""
 
     layer: int
     index: int
@@ -88,13 +80,6 @@ class Unit:
 
 
 _UNIT_RE = re.compile(r"\s*[Ll]?(\d+)\s*:\s*(\d+)\s*")
-
-
-def require_lstm(config: ModelConfig, path) -> None:
-    """Refuse a GRU or plain RNN model: the inspector reads the LSTM's gates and cell only
-    (the other cells' signals are still to come)."""
-    if config.cell != "lstm":
-        raise ConfigError(f"{path}: a {config.cell} model; the gate inspector reads LSTM models only so far")
 
 
 def parse_units(spec: str, config: ModelConfig) -> list[Unit]:
@@ -131,15 +116,15 @@ def parse_units(spec: str, config: ModelConfig) -> list[Unit]:
 class GateStats:
     """Statistics over every analysed character (not only the displayed ones)."""
 
-    left: np.ndarray  # (L, 3) share of (time, unit) values of i, f, o below thresholds.left
-    right: np.ndarray  # (L, 3) ... above thresholds.right
-    unit_left: np.ndarray  # (L, 3, H) share of time each unit's i, f, o is left-saturated
-    unit_right: np.ndarray  # (L, 3, H)
-    mean: np.ndarray  # (L, 4, H) time-mean of each unit's i, f, g, o
-    std: np.ndarray  # (L, 4, H) and its standard deviation
-    median_forget: np.ndarray  # (L,) median of f over time and units
+    left: np.ndarray  # (L, S) share of (time, unit) values of the S sigmoid gates (LSTM i, f, o;
+    right: np.ndarray  # (L, S)   GRU r, z) below thresholds.left / above thresholds.right
+    unit_left: np.ndarray  # (L, S, H) share of time each unit's sigmoid gate is left-saturated
+    unit_right: np.ndarray  # (L, S, H)
+    mean: np.ndarray  # (L, n, H) time-mean of each unit's n gates (LSTM i, f, g, o; GRU r, z, n)
+    std: np.ndarray  # (L, n, H) and its standard deviation
+    median_forget: np.ndarray  # (L,) median of the keep gate (f, z) over time and units; NaN: none
     half_life: np.ndarray  # (L,) memory half-life in steps at that median (inf: never forgets)
-    integrators: np.ndarray  # (L,) units whose forget gate is right-saturated most of the time
+    integrators: np.ndarray  # (L,) units whose keep gate is right-saturated most of the time
 
 
 @dataclass
@@ -154,8 +139,8 @@ class Trace:
     n_warmup: int
     signal: str  # which signal `values` holds
     values: np.ndarray  # (L, N, H) that signal (tanh(c) for c) over the whole text
-    gates: np.ndarray  # (L, S, 4H) activated i, f, g, o on the shown span
-    c: np.ndarray  # (L, S, H) memory on the shown span
+    gates: np.ndarray  # (L, S, nH) the cell's activated gates on the shown span (n = 0: RNN)
+    c: np.ndarray  # (L, S, H) the LSTM's memory on the shown span; (L, S, 0) for other cells
     h: np.ndarray  # (L, S, H)
     bits: np.ndarray  # (N,) surprisal of each character in bits (NaN: first, or unknown)
     guess_ids: np.ndarray  # (G, 5) the model's top guesses for the character after each of the
@@ -163,11 +148,16 @@ class Trace:
     stats: GateStats
     thresholds: Thresholds
     start_c: np.ndarray  # (L, H) the memory before the first character (after the warm-up)
+    start_h: np.ndarray  # (L, H) the hidden state there
     value_mean: np.ndarray = field(init=False)  # (L, H) time-mean of `values`
     value_std: np.ndarray = field(init=False)  # (L, H)
 
     def __post_init__(self) -> None:
-        self.value_mean, self.value_std = _mean_std(self.values)
+        self.value_mean, self.value_std = mean_std(self.values)
+
+    @property
+    def signals(self) -> CellSignals:
+        return signals_of(self.config.cell)
 
     @property
     def n_chars(self) -> int:
@@ -196,29 +186,20 @@ class Trace:
 
     def series(self, unit: Unit, name: str) -> np.ndarray:
         """(S,) one signal of one unit over the shown span; c is the raw memory."""
-        H = self.config.hidden
-        if name in GATE_NAMES:
-            k = GATE_NAMES.index(name)
-            return self.gates[unit.layer, :, k * H + unit.index]
-        if name == "c":
-            return self.c[unit.layer, :, unit.index]
-        if name == "h":
-            return self.h[unit.layer, :, unit.index]
-        raise ConfigError(f"unknown signal {name!r}; choose one of {', '.join(SIGNALS)}")
+        return self.layer_signal(unit.layer, name)[:, unit.index]
 
     def layer_signal(self, layer: int, name: str) -> np.ndarray:
         """(S, H) one signal of every unit of a layer over the shown span."""
-        H = self.config.hidden
-        if name in GATE_NAMES:
-            k = GATE_NAMES.index(name)
+        H, signals = self.config.hidden, self.signals
+        signals.check(name)
+        if name in signals.gates:
+            k = signals.gates.index(name)
             return self.gates[layer, :, k * H : (k + 1) * H]
         return self.c[layer] if name == "c" else self.h[layer]
 
 
-def check_signal(name: str) -> str:
-    if name not in SIGNALS:
-        raise ConfigError(f"unknown signal {name!r}; choose one of {', '.join(SIGNALS)}")
-    return name
+def check_signal(name: str, cell: str = "lstm") -> str:
+    return signals_of(cell).check(name)
 
 
 def compute_trace(
@@ -228,7 +209,7 @@ def compute_trace(
     *,
     warmup: str = "",
     show: int = 400,
-    signal: str = "c",
+    signal: str | None = None,
     thresholds: Thresholds | None = None,
     window: int = WINDOW,
     observe: LayerObserver | None = None,
@@ -236,7 +217,8 @@ def compute_trace(
 ) -> Trace:
     """Run the model over `warmup` (not recorded) and then `text` (at most MAX_CHARS), one
     stream, `window` characters at a time, the layers pipelined on threads (stream.py).
-    The gates equal model.forward's (evaluation's) up to float rounding.
+    The gates equal model.forward's (evaluation's) up to float rounding. `signal` (the one kept
+    over the whole text) defaults to the cell's: the LSTM's memory c, else h.
 
     Characters missing from the vocabulary are read as a space (or the first character of
     the vocabulary) and left out of the bits per character. `observe(layer, start, stop, g,
@@ -244,8 +226,9 @@ def compute_trace(
     guesses cover the shown span, or with `guess_everywhere` every character (the explorer's
     tooltips): over 20,000 characters that costs 0.09 s, half a 1x128 trace."""
     config = params.config
+    cell = signals_of(config.cell)
     thresholds = (thresholds or Thresholds()).check()
-    check_signal(signal)
+    signal = cell.check(cell.default if signal is None else signal)
     N = len(text)
     if N == 0:
         raise ConfigError("nothing to inspect: the text is empty")
@@ -271,22 +254,24 @@ def compute_trace(
 
     run_stream(params, warm_ids, h, c, window, on_logits=keep_last)
     start_c = c[:, 0].copy()
+    start_h = h[:, 0].copy()
     if len(warm_ids) and known[0]:
         logp = np.empty(1)
         kernels.token_log_probs(logp, last_logits, ids[:1])
         bits[0] = -logp[0] / math.log(2.0)
 
     values = _populated_empty((L, N, H), np.float32)  # up to 80 MB, written window by window
-    gates_shown = np.empty((L, S, 4 * H), dtype=params.dtype)
-    c_shown = np.empty((L, S, H), dtype=params.dtype)
+    n_gates = len(cell.gates)
+    gates_shown = np.empty((L, S, n_gates * H), dtype=params.dtype)
+    c_shown = np.empty((L, S, H if "c" in cell.states else 0), dtype=params.dtype)
     h_shown = np.empty((L, S, H), dtype=params.dtype)
     G = N if guess_everywhere else S
     guess_ids = np.zeros((G, min(TOP_GUESSES, config.vocab_size)), dtype=np.int64)
     guess_probs = np.zeros(guess_ids.shape)
-    below = np.zeros((L, 4 * H), dtype=np.int64)  # per gate unit: steps below thresholds.left
-    above = np.zeros((L, 4 * H), dtype=np.int64)
-    sums = np.zeros((L, 4 * H))
-    sumsq = np.zeros((L, 4 * H))
+    below = np.zeros((L, n_gates * H), dtype=np.int64)  # per gate unit: steps below thresholds.left
+    above = np.zeros((L, n_gates * H), dtype=np.int64)
+    sums = np.zeros((L, n_gates * H))
+    sumsq = np.zeros((L, n_gates * H))
     forget_bins = np.zeros((L, FORGET_BINS), dtype=np.int64)  # see kernels.gate_stats_add
 
     def on_logits(start: int, stop: int, logits: np.ndarray) -> None:
@@ -301,24 +286,25 @@ def compute_trace(
             _top_guesses(guess_ids[start:g_stop], guess_probs[start:g_stop], logits[: g_stop - start])
 
     def on_layer(layer: int, start: int, stop: int, g: np.ndarray, c_seq, h_seq) -> None:
-        # g (n, 4H), c_seq and h_seq (n, H): this layer's window of the text
+        # g (n, nH), c_seq (n, H or 0) and h_seq (n, H): this layer's window of the text
         if start < S:
             s_stop = min(stop, S)
             gates_shown[layer, start:s_stop] = g[: s_stop - start]
             c_shown[layer, start:s_stop] = c_seq[: s_stop - start]
             h_shown[layer, start:s_stop] = h_seq[: s_stop - start]
-        _store_signal(values[layer, start:stop], signal, g, c_seq, h_seq)
-        kernels.gate_stats_add(
-            below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
-            g, thresholds.left, thresholds.right,
-        )  # fmt: skip
+        _store_signal(values[layer, start:stop], signal, cell, g, c_seq, h_seq)
+        if n_gates:
+            kernels.gate_stats_add(
+                below[layer], above[layer], sums[layer], sumsq[layer], forget_bins[layer],
+                g, H, cell.keep_index, thresholds.left, thresholds.right,
+            )  # fmt: skip
         if observe is not None:
             observe(layer, start, stop, g, c_seq, h_seq)
 
     run_stream(params, ids, h, c, window, on_layer, on_logits)
 
     bits[~known] = np.nan
-    stats = _gate_stats(below, above, sums, sumsq, forget_bins, N, H, thresholds)
+    stats = _gate_stats(below, above, sums, sumsq, forget_bins, N, H, cell, thresholds)
     return Trace(
         config=config,
         vocab_chars=list(vocab.chars),
@@ -337,6 +323,7 @@ def compute_trace(
         stats=stats,
         thresholds=thresholds,
         start_c=start_c,
+        start_h=start_h,
     )
 
 
@@ -355,12 +342,14 @@ def _populated_empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
-def _store_signal(out: np.ndarray, signal: str, g: np.ndarray, c_seq: np.ndarray, h_seq: np.ndarray) -> None:
+def _store_signal(
+    out: np.ndarray, signal: str, cell: CellSignals, g: np.ndarray, c_seq: np.ndarray, h_seq: np.ndarray
+) -> None:
     """out (n, H) = the chosen signal of a layer's window (tanh(c) for the memory), from its
-    gates g (n, 4H), memory c_seq and hidden state h_seq (n, H)."""
+    gates g (n, nH), memory c_seq and hidden state h_seq (n, H)."""
     H = h_seq.shape[1]
-    if signal in GATE_NAMES:
-        k = GATE_NAMES.index(signal)
+    if signal in cell.gates:
+        k = cell.gates.index(signal)
         out[...] = g[:, k * H : (k + 1) * H]
     elif signal == "c":
         kernels.tanh_rows(out, c_seq)
@@ -380,30 +369,24 @@ def _top_guesses(out_ids: np.ndarray, out_probs: np.ndarray, logits: np.ndarray)
     out_probs[:, :K] = np.take_along_axis(p, top, axis=1)
 
 
-def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(L, H) mean and standard deviation over time of values (L, N, H), in float64."""
-    L, N, H = values.shape
-    mean = np.zeros((L, H))
-    sq = np.zeros((L, H))
-    for layer in range(L):
-        for start in range(0, N, WINDOW):  # float64 one window at a time: no N-sized copy
-            block = values[layer, start : start + WINDOW].astype(np.float64)
-            mean[layer] += block.sum(axis=0)
-            sq[layer] += np.square(block).sum(axis=0)
-    mean /= N
-    var = np.maximum(sq / N - mean * mean, 0.0)
-    return mean, np.sqrt(var)
-
-
-def _gate_stats(below, above, sums, sumsq, forget_bins, N: int, H: int, thresholds: Thresholds) -> GateStats:
-    L = below.shape[0]
-    picks = [GATE_NAMES.index(g) for g in SATURATION_GATES]
-    unit_left = np.stack([below[:, k * H : (k + 1) * H] for k in picks], axis=1) / N  # (L, 3, H)
-    unit_right = np.stack([above[:, k * H : (k + 1) * H] for k in picks], axis=1) / N
-    mean = (sums / N).reshape(L, 4, H)
-    std = np.sqrt(np.maximum(sumsq.reshape(L, 4, H) / N - mean * mean, 0.0))
-    median_forget = np.array([median_from_bins(forget_bins[layer]) for layer in range(L)])
-    f_index = SATURATION_GATES.index("f")
+def _gate_stats(
+    below, above, sums, sumsq, forget_bins, N: int, H: int, cell: CellSignals, thresholds: Thresholds
+) -> GateStats:
+    L, n = below.shape[0], len(cell.gates)
+    picks = [cell.gates.index(g) for g in cell.sigmoid]
+    unit_left = np.zeros((L, len(picks), H))  # (L, S, H)
+    unit_right = np.zeros((L, len(picks), H))
+    for s, k in enumerate(picks):
+        unit_left[:, s] = below[:, k * H : (k + 1) * H] / N
+        unit_right[:, s] = above[:, k * H : (k + 1) * H] / N
+    mean = (sums / N).reshape(L, n, H)
+    std = np.sqrt(np.maximum(sumsq.reshape(L, n, H) / N - mean * mean, 0.0))
+    if cell.keep is None:
+        median_forget = np.full(L, np.nan)
+        integrators = np.zeros(L, dtype=np.int64)
+    else:
+        median_forget = np.array([median_from_bins(forget_bins[layer]) for layer in range(L)])
+        integrators = integrator_count(unit_right[:, cell.sigmoid.index(cell.keep)], thresholds.mostly)
     return GateStats(
         left=unit_left.mean(axis=2),
         right=unit_right.mean(axis=2),
@@ -413,7 +396,7 @@ def _gate_stats(below, above, sums, sumsq, forget_bins, N: int, H: int, threshol
         std=std,
         median_forget=median_forget,
         half_life=half_life(median_forget),
-        integrators=integrator_count(unit_right[:, f_index], thresholds.mostly),
+        integrators=integrators,
     )
 
 
@@ -434,12 +417,10 @@ def forget_bins_of(f: np.ndarray) -> np.ndarray:
     """(FORGET_BINS,) counts of forget-gate values f (T, H) in the kernel's logarithmic bins."""
     f = np.ascontiguousarray(f)
     bins = np.zeros(FORGET_BINS, dtype=np.int64)
-    gates = np.zeros((f.shape[0], 4 * f.shape[1]), dtype=f.dtype)
-    gates[:, f.shape[1] : 2 * f.shape[1]] = f
+    H = f.shape[1]
     kernels.gate_stats_add(
-        np.zeros(gates.shape[1], np.int64), np.zeros(gates.shape[1], np.int64),
-        np.zeros(gates.shape[1]), np.zeros(gates.shape[1]), bins, gates, 0.0, 1.0,
-    )  # fmt: skip
+        np.zeros(H, np.int64), np.zeros(H, np.int64), np.zeros(H), np.zeros(H), bins, f, H, 0, 0.0, 1.0
+    )
     return bins
 
 
@@ -462,6 +443,17 @@ def integrator_count(unit_right_forget: np.ndarray, mostly: float = 0.5) -> np.n
     return (np.asarray(unit_right_forget) > mostly).sum(axis=-1)
 
 
+def unit_half_lives(trace: Trace) -> np.ndarray:
+    """(L, H) each unit's memory half-life in steps: half_life at the median of its keep gate
+    (the LSTM's f, the GRU's z) over the trace's shown span; NaN for a cell without one."""
+    cell, H = trace.signals, trace.config.hidden
+    if cell.keep is None:
+        return np.full((trace.config.layers, H), np.nan)
+    k = cell.keep_index
+    keep = trace.gates[:, :, k * H : (k + 1) * H].astype(np.float64)  # (L, S, H)
+    return half_life(np.median(keep, axis=1))
+
+
 def half_life(f: np.ndarray | float) -> np.ndarray:
     """Steps until a memory kept by forget gate f (with nothing written) falls to half:
     ln(0.5) / ln(f). f >= 1 never forgets (inf); f <= 0 forgets at once (0)."""
@@ -473,92 +465,6 @@ def half_life(f: np.ndarray | float) -> np.ndarray:
     out[never] = np.inf
     out[at_once] = 0.0
     out[mid] = math.log(0.5) / np.log(f[mid])
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Features of the text
-
-
-def feature_values(text: str, spec: str) -> tuple[np.ndarray, str]:
-    """A number per character for a built-in feature or a regular expression, and a short
-    description. Built-ins are causal: the value after reading that character.
-      quote    1 inside double quotes ("..." or curly), the opening quote included
-      line-pos column: characters since the last newline (the newline itself is 0)
-      indent   leading spaces and tabs of the current line so far
-      depth    bracket depth: ( [ { open, ) ] } close, never below 0
-    Anything else (or `re:PATTERN`) is a regular expression: 1 on characters inside a match.
-    """
-    if not text:
-        raise ConfigError("nothing to inspect: the text is empty")
-    builtins: dict[str, tuple[Callable[[str], np.ndarray], str]] = {
-        "quote": (_quote_feature, "inside double quotes"),
-        "line-pos": (_line_pos_feature, "column in the line"),
-        "indent": (_indent_feature, "indentation of the line"),
-        "depth": (_depth_feature, "bracket depth"),
-    }
-    if spec in builtins:
-        fn, what = builtins[spec]
-        return fn(text), what
-    pattern = spec[3:] if spec.startswith("re:") else spec
-    if not pattern:
-        raise ConfigError("--feature: empty regular expression")
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"--feature: bad regular expression {pattern!r}: {exc}") from None
-    mask = np.zeros(len(text))
-    for match in regex.finditer(text):
-        mask[match.start() : match.end()] = 1.0
-    return mask, f"inside matches of /{pattern}/"
-
-
-def _quote_feature(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    inside = False
-    for t, ch in enumerate(text):
-        if ch == '"':
-            inside = not inside
-        elif ch == "\u201c":  # left double quotation mark
-            inside = True
-        elif ch == "\u201d":
-            inside = False
-        out[t] = inside
-    return out
-
-
-def _line_pos_feature(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    col = 0
-    for t, ch in enumerate(text):
-        col = 0 if ch == "\n" else col + 1
-        out[t] = col
-    return out
-
-
-def _indent_feature(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    indent, leading = 0, True
-    for t, ch in enumerate(text):
-        if ch == "\n":
-            indent, leading = 0, True
-        elif leading and ch in " \t":
-            indent += 1
-        else:
-            leading = False
-        out[t] = indent
-    return out
-
-
-def _depth_feature(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    depth = 0
-    for t, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth = max(0, depth - 1)
-        out[t] = depth
     return out
 
 
@@ -586,6 +492,7 @@ class Ranking:
     feature_desc: str | None = None
     feature_values: np.ndarray | None = None  # (N,)
     n_shifts: int = 0
+    keep: str | None = "f"  # the cell's keep gate (the LSTM's f, the GRU's z)
 
     def top(self, k: int, layer: int | None = None) -> list[UnitScore]:
         chosen = [s for s in self.scores if layer is None or s.unit.layer == layer]
@@ -602,7 +509,8 @@ class Ranking:
         if self.method == "feature":
             return f"|correlation| of {what} with {self.feature_desc}"
         if self.method == "integrator":
-            return "share of time the forget gate is wide open"
+            gate = "forget gate" if self.keep == "f" else f"update gate {self.keep}"
+            return f"share of time the {gate} is wide open"
         return f"variability (standard deviation) of {what}"
 
 
@@ -622,88 +530,20 @@ def rank_units(trace: Trace, pick: str = "variance", feature: str | None = None)
             for u in units
         ]
         scores.sort(key=lambda s: (-s.score, s.unit))
-        shifts = len(_shifts(len(values), N_SHIFTS))
-        return Ranking("feature", trace.signal, scores, feature, desc, values, shifts)
+        shifts = len(shifts_of(len(values), N_SHIFTS))
+        return Ranking("feature", trace.signal, scores, feature, desc, values, shifts, trace.signals.keep)
     if pick == "variance":
         table = trace.value_std
     elif pick == "integrator":
-        table = trace.stats.unit_right[:, SATURATION_GATES.index("f")]
+        cell = trace.signals
+        if cell.keep is None:
+            raise ConfigError(f"--pick integrator: {NO_KEEP_GATE}; rank by variance or a --feature")
+        table = trace.stats.unit_right[:, cell.sigmoid.index(cell.keep)]
     else:
         raise ConfigError(f"unknown --pick {pick!r}; choose one of {', '.join(PICKS)}")
     scores = [UnitScore(u, float(table[u.layer, u.index])) for u in units]
     scores.sort(key=lambda s: (-s.score, s.unit))
-    return Ranking(pick, trace.signal, scores)
-
-
-def check_feature(text: str, spec: str) -> tuple[np.ndarray, str]:
-    """feature_values, refusing a feature that never changes over the text."""
-    values, desc = feature_values(text, spec)
-    if values.min() == values.max():
-        raise ConfigError(
-            f"--feature {spec}: {desc} is the same ({values[0]:g}) for all {len(values):,} characters "
-            "of this text; there is nothing to correlate with"
-        )
-    if len(_shifts(len(values), N_SHIFTS)) < 3:
-        raise ConfigError(
-            f"--feature: {len(values)} characters are too few to tell a correlation from chance"
-        )
-    return values, desc
-
-
-def _shifts(N: int, n_shifts: int) -> list[int]:
-    """Evenly spread circular shifts, far from 0 (deterministic, so runs repeat exactly)."""
-    return sorted({round(k * N / (n_shifts + 1)) for k in range(1, n_shifts + 1)} - {0, N})
-
-
-def feature_correlation(
-    values: np.ndarray, feature: np.ndarray, std: np.ndarray | None = None, n_shifts: int = N_SHIFTS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson r of every unit's signal with the feature, and its z-score against a null
-    made by circularly shifting the feature (which keeps its runs and autocorrelation but
-    breaks its alignment with the text).
-
-    values (L, N, H) or (N, H); feature (N,); std the units' standard deviations (L, H) if
-    known. Returns r and z shaped like values without N. A unit that never changes gets r = 0
-    and z = 0. Raises ConfigError when the feature is constant or the text too short."""
-    squeeze = values.ndim == 2
-    if squeeze:
-        values = values[None]
-        std = None if std is None else std[None]
-    L, N, H = values.shape
-    feature = np.asarray(feature, dtype=np.float64)
-    if feature.shape != (N,):
-        raise ConfigError(f"feature has {feature.size} values for {N} characters")
-    shifts = _shifts(N, n_shifts)
-    if len(shifts) < 3:
-        raise ConfigError(f"{N} characters are too few to tell a correlation from chance")
-    centred = feature - feature.mean()
-    f_std = float(np.sqrt(np.mean(centred * centred)))
-    if f_std == 0.0:
-        raise ConfigError("the feature does not change over this text: nothing to correlate with")
-    F = np.empty((N, 1 + len(shifts)), dtype=values.dtype)  # (N, 1 + shifts): feature, then the null
-    F[:, 0] = centred
-    for k, s in enumerate(shifts):
-        F[:, 1 + k] = np.roll(centred, s)
-    if std is None:
-        std = _mean_std(values)[1]
-    r = np.zeros((L, H))
-    z = np.zeros((L, H))
-    cov = np.empty((H, F.shape[1]), dtype=values.dtype)  # (H, 1 + shifts)
-    for layer in range(L):
-        # sum_t x_t * (f_t - mean f) is the covariance times N: no need to centre x.
-        kernels.matmul(cov, values[layer].T, F)
-        live = std[layer] > 1e-6  # float32 rounding leaves ~1e-8 on a constant unit
-        rs = np.zeros((H, F.shape[1]))
-        rs[live] = cov[live].astype(np.float64) / (N * std[layer][live, None] * f_std)
-        rs = np.clip(rs, -1.0, 1.0)
-        r[layer] = rs[:, 0]
-        null = rs[:, 1:]
-        spread = null.std(axis=1, ddof=1)
-        ok = live & (spread > 1e-12)
-        z[layer, ok] = (rs[ok, 0] - null[ok].mean(axis=1)) / spread[ok]
-    if squeeze:
-        return r[0], z[0]
-    return r, z
+    return Ranking(pick, trace.signal, scores, keep=trace.signals.keep)
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,6 +564,7 @@ def model_shape(config: ModelConfig) -> dict:
         "hidden": config.hidden,
         "embed": config.embed,
         "vocab_size": config.vocab_size,
+        "cell": config.cell,
     }
 
 
@@ -731,16 +572,16 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
     """Everything `inspect-gates` measured, as plain JSON values: statistics for every unit,
     full arrays for the units shown (`shown`: the displayed span, raw c; `signal`: the ranked
     signal over the whole text). None stands for NaN, and for an infinite half-life."""
-    cfg, stats, th = trace.config, trace.stats, trace.thresholds
+    cfg, stats, th, cell = trace.config, trace.stats, trace.thresholds, trace.signals
     saturation_rows = []
     memory_rows = []
     for layer in range(cfg.layers):
-        for k, gate in enumerate(SATURATION_GATES):
+        for k, gate in enumerate(cell.sigmoid):
             saturation_rows.append(
                 {
                     "layer": layer + 1,
                     "gate": gate,
-                    "role": SIGNAL_ROLES[gate],
+                    "role": cell.roles[gate],
                     "shut": round(float(stats.left[layer, k]), 6),
                     "open": round(float(stats.right[layer, k]), 6),
                     "units_mostly_shut": int((stats.unit_left[layer, k] > th.mostly).sum()),
@@ -750,6 +591,7 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
         memory_rows.append(
             {
                 "layer": layer + 1,
+                "keep_gate": cell.keep,
                 "median_forget": json_numbers(stats.median_forget[layer : layer + 1], 8)[0],
                 "half_life_steps": json_numbers(stats.half_life[layer : layer + 1], 3)[0],
                 "integrators": int(stats.integrators[layer]),
@@ -774,10 +616,10 @@ def to_json(trace: Trace, ranking: Ranking, units: list[Unit], model: str) -> di
                 "layer": unit.layer + 1,
                 "index": unit.index,
                 "mean": dict(
-                    zip(GATE_NAMES, json_numbers(stats.mean[unit.layer, :, unit.index]), strict=True)
+                    zip(cell.gates, json_numbers(stats.mean[unit.layer, :, unit.index]), strict=True)
                 ),
-                "std": dict(zip(GATE_NAMES, json_numbers(stats.std[unit.layer, :, unit.index]), strict=True)),
-                "shown": {name: json_numbers(trace.series(unit, name)) for name in SIGNALS},
+                "std": dict(zip(cell.gates, json_numbers(stats.std[unit.layer, :, unit.index]), strict=True)),
+                "shown": {name: json_numbers(trace.series(unit, name)) for name in cell.names},
                 "signal": json_numbers(trace.values[unit.layer, :, unit.index]),
             }
         )

@@ -25,14 +25,14 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import CharLSTMError, ConfigError
-from .gates import SATURATION_GATES, SHOWN_GUESSES, SIGNAL_HELP, SIGNAL_ROLES, SIGNALS, Ranking, Trace, Unit
-from .model import GATE_NAMES
+from .gates import SHOWN_GUESSES, Ranking, Trace, Unit
 from .reach import Reach
+from .signals import BY_CELL, NO_KEEP_GATE
 
 VIEWS = ("overview", "gates", "heatmap", "predict", "reach")
 SAVE_FORMATS = (".svg", ".html", ".htm", ".txt")
 PAGE_FORMATS = (".html", ".htm")  # the interactive explorer (charlstm.explorer), not a drawing
-SEQUENTIAL = ("i", "f", "o")  # in [0, 1]: shut .. wide open
+SEQUENTIAL = tuple(dict.fromkeys(g for s in BY_CELL.values() for g in s.sigmoid))  # in [0, 1]: shut .. open
 LEVELS = 32  # colours are quantised to this many steps, so styles can be shared
 MIN_CELLS = 16  # characters per wrapped line below which row labels are shortened
 
@@ -316,7 +316,8 @@ def header(console: Console, trace: Trace, look: Look, model_name: str) -> None:
     inputs = f"embedding {cfg.embed}" if cfg.embed else "one-hot input"
     line1 = (
         f"inspect-gates {dot} {model_name} {dot} {cfg.layers} layer{'s' if cfg.layers > 1 else ''} "
-        f"{times} {cfg.hidden} units {dot} {cfg.vocab_size} characters {dot} {inputs}"
+        f"{times} {cfg.hidden} units {dot} {cfg.cell.upper()} {dot} {cfg.vocab_size} characters "
+        f"{dot} {inputs}"
     )
     warm = f" (after {trace.n_warmup:,} warm-up)" if trace.n_warmup else ""
     bpc = trace.bits_per_char
@@ -328,7 +329,7 @@ def header(console: Console, trace: Trace, look: Look, model_name: str) -> None:
     console.print(Text(line2))
 
 
-def legend(console: Console, look: Look, signals: Sequence[str] = ("i", "f", "o", "g", "c", "h")) -> None:
+def legend(console: Console, look: Look, signals: Sequence[str]) -> None:
     """One line per scale used: the gates' 0..1 and the signed -1..+1."""
     seq = [s for s in signals if s in SEQUENTIAL]
     div = [s for s in signals if s not in SEQUENTIAL]
@@ -371,31 +372,33 @@ def _column(table: Table, name: str, justify: str = "left", no_wrap: bool = Fals
 
 
 def saturation_table(trace: Trace, look: Look) -> Table:
-    th, stats = trace.thresholds, trace.stats
+    th, stats, cell = trace.thresholds, trace.stats, trace.signals
     H = trace.config.hidden
+    keep = cell.keep
+    kept = "the forget gate f" if keep == "f" else f"the update gate {keep}"
     caption = (
         f"shut: share of all (character, unit) values below {th.left:g}; open: above {th.right:g}; "
         f"mostly: units shut or open for more than {th.mostly:.0%} of the characters (of {H}). "
-        f"Integrators: units whose forget gate is mostly open; they carry memory across long "
+        f"Integrators: units whose {kept} is mostly open; they carry memory across long "
         f"stretches. Half-life: steps until memory that is not refreshed falls to half, "
-        f"ln 0.5 / ln f, at the median forget gate f."
+        f"ln 0.5 / ln {keep}, at the median {keep}."
     )
     table = _table(look, f"Gate saturation over {trace.n_chars:,} characters", caption)
     _column(table, "gate", no_wrap=True)
     for name in ("shut", "open", "mostly\nshut", "mostly\nopen", "half-life", "integrators"):
         _column(table, name, "right")
     for layer in range(trace.config.layers):
-        for k, gate in enumerate(SATURATION_GATES):
+        for k, gate in enumerate(cell.sigmoid):
             mostly_shut = int((stats.unit_left[layer, k] > th.mostly).sum())
             mostly_open = int((stats.unit_right[layer, k] > th.mostly).sum())
             memory = ["", ""]
-            if gate == "f":
+            if gate == keep:
                 memory = [
                     _fmt_half_life(float(stats.half_life[layer]), look),
                     str(int(stats.integrators[layer])),
                 ]
             table.add_row(
-                f"L{layer + 1} {gate} {SIGNAL_ROLES[gate]}", f"{stats.left[layer, k]:.1%}",
+                f"L{layer + 1} {gate} {cell.roles[gate]}", f"{stats.left[layer, k]:.1%}",
                 f"{stats.right[layer, k]:.1%}", str(mostly_shut), str(mostly_open), *memory,
             )  # fmt: skip
     return table
@@ -405,10 +408,10 @@ def units_table(trace: Trace, ranking: Ranking, units: Sequence[Unit], look: Loo
     pm = look.sym("pm")
     what = "tanh(c)" if trace.signal == "c" else trace.signal
     feature = ranking.method == "feature"
-    caption = (
-        f"i f g o: mean{pm}standard deviation over the text; {what}: its course over all "
-        f"{trace.n_chars:,} characters"
-    )
+    gates = trace.signals.gates
+    caption = f"{what}: its course over all {trace.n_chars:,} characters"
+    if gates:
+        caption = f"{' '.join(gates)}: mean{pm}standard deviation over the text; " + caption
     if feature:
         caption += (
             f". r: correlation with the feature; z: how far r stands out from the correlations "
@@ -421,10 +424,10 @@ def units_table(trace: Trace, ranking: Ranking, units: Sequence[Unit], look: Loo
         _column(table, "z", "left", no_wrap=True)
     else:
         _column(table, "score", "right", no_wrap=True)
-    for gate in GATE_NAMES:
+    for gate in gates:
         _column(table, gate, "right", no_wrap=True)
     _column(table, what, no_wrap=True)
-    used = 7 + (6 + 12 if feature else 6) + 4 * (10 + len(pm))  # widths of the other columns
+    used = 7 + (6 + 12 if feature else 6) + len(gates) * (10 + len(pm))  # widths of the other columns
     spark_width = max(8, min(32, width - used))
     lo, hi = (0.0, 1.0) if trace.signal in SEQUENTIAL else (-1.0, 1.0)
     stats = trace.stats
@@ -436,7 +439,7 @@ def units_table(trace: Trace, ranking: Ranking, units: Sequence[Unit], look: Loo
             cells += [f"{score.r:+.2f}", f"{score.z:+.1f}{chance}"]
         else:
             cells.append(f"{score.score:.3f}")
-        for k in range(4):
+        for k in range(len(gates)):
             m, s = stats.mean[unit.layer, k, unit.index], stats.std[unit.layer, k, unit.index]
             cells.append(f"{m:.2f}{pm}{s:.2f}".replace(f"{pm}0.", f"{pm}."))
         cells.append(sparkline(trace.values[unit.layer, :, unit.index], look, spark_width, lo, hi))
@@ -458,7 +461,7 @@ def _shown_note(trace: Trace) -> str:
 class ViewOptions:
     view: str = "overview"
     units: Sequence[Unit] = ()  # the units to draw, chosen by the caller
-    signal: str = "c"  # the heatmap's signal
+    signal: str | None = None  # the heatmap's signal (default: the cell's, see charlstm.signals)
     model_name: str = "model"
     reach: Reach | None = None  # the reach view's sensitivities
     at: int | None = None  # its target position (default: the last target)
@@ -480,13 +483,21 @@ def render(console: Console, look: Look, trace: Trace, ranking: Ranking, options
 
 
 def _overview(console: Console, look: Look, trace: Trace, ranking: Ranking, options: ViewOptions) -> None:
-    legend(console, look, ("i", "f", "o", "c"))
+    cell = trace.signals
+    legend(console, look, (*cell.sigmoid, trace.signal))
     console.print()
-    console.print(saturation_table(trace, look))
+    if cell.sigmoid:
+        console.print(saturation_table(trace, look))
+    else:
+        console.print(
+            Text(
+                f"Gate saturation: {NO_KEEP_GATE} (--view reach shows how far back it reaches).", style="dim"
+            )
+        )
     console.print()
     console.print(units_table(trace, ranking, options.units, look, console.width))
     console.print()
-    what = "memory tanh(c)" if trace.signal == "c" else f"{trace.signal} ({SIGNAL_ROLES[trace.signal]})"
+    what = "memory tanh(c)" if trace.signal == "c" else f"{trace.signal} ({cell.roles[trace.signal]})"
     how = "each character sits on its colour" if look.colour else "glyphs under each character"
     title = f"Strips: {what} of each unit after reading each character ({how}), on {_shown_note(trace)}"
     console.print(Text(title, style="bold"))
@@ -505,9 +516,10 @@ def _overview(console: Console, look: Look, trace: Trace, ranking: Ranking, opti
 
 
 def _gates(console: Console, look: Look, trace: Trace, ranking: Ranking, options: ViewOptions) -> None:
-    legend(console, look)
-    for name in SIGNALS:
-        console.print(Text(f"  {name}  {SIGNAL_HELP[name]}", style="dim"))
+    cell = trace.signals
+    legend(console, look, cell.names)
+    for name in cell.names:
+        console.print(Text(f"  {name}  {cell.help[name]}", style="dim"))
     console.print()
     console.print(
         Text(f"Every gate of {', '.join(map(str, options.units))} on {_shown_note(trace)}", style="bold")
@@ -517,18 +529,19 @@ def _gates(console: Console, look: Look, trace: Trace, ranking: Ranking, options
     for n, unit in enumerate(options.units):
         if n:
             rows += [None, text_row("text @{at}", chars, look)]  # each unit under its own copy
-        for k, name in enumerate(SIGNALS):
+        for k, name in enumerate(cell.names):
             prefix = str(unit) if k == 0 else " " * len(str(unit))
             values = display_values(trace.series(unit, name), name)
-            rows.append(heat_row(f"{prefix} {name} {SIGNAL_ROLES[name]}", values, is_diverging(name), look))
+            rows.append(heat_row(f"{prefix} {name} {cell.roles[name]}", values, is_diverging(name), look))
     print_blocks(console, rows, trace.shown)
 
 
 def _heatmap(console: Console, look: Look, trace: Trace, ranking: Ranking, options: ViewOptions) -> None:
-    signal = options.signal
+    cell = trace.signals
+    signal = cell.check(options.signal or cell.default)
     legend(console, look, (signal,))
     what = "tanh(c)" if signal == "c" else signal
-    console.print(Text(f"  {signal}  {SIGNAL_HELP[signal]}", style="dim"))
+    console.print(Text(f"  {signal}  {cell.help[signal]}", style="dim"))
     console.print()
     console.print(
         Text(f"Heatmap: {what} of {len(options.units)} units (rows) on {_shown_note(trace)}", style="bold")

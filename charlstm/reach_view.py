@@ -61,8 +61,9 @@ def draw_reach(console: Console, look: Look, trace: Trace, reach: Reach, at: int
     table = _table(look, "Decay with the lag: sensitivity and the direct path through the cell")
     for name, justify in (("lags", "right"), ("median", "right"), ("IQR", "right"), ("vs lag 1", "right")):
         _column(table, name, justify)
+    keep = reach.keep_gate
     for layer in range(reach.forget_product.shape[0]):
-        _column(table, f"L{layer + 1} median prod f", "right")
+        _column(table, f"L{layer + 1} median prod {keep}", "right")
     median_one = reach.decay()[0][1] if reach.lags >= 1 else math.nan
     for band in reach.bands():
         a, b = band["lags"]
@@ -78,11 +79,20 @@ def draw_reach(console: Console, look: Look, trace: Trace, reach: Reach, at: int
         )
     console.print(table)
     window = f" The model was trained on windows of {reach.window} characters (BPTT)." if reach.window else ""
+    if keep is None:
+        path = (
+            "A plain RNN has no gate that keeps its state, so no direct path: every step back "
+            "multiplies the gradient by Wh and tanh', which is why it vanishes."
+        )
+    else:
+        gate = "forget gates f" if keep == "f" else f"update gates {keep}"
+        path = (
+            f"'median prod {keep}': the median over targets and units of the product of the {gate} "
+            "over those lags, what the memory written k steps back keeps on the direct path through the cell."
+        )
     console.print(
         Text(
-            f"Over {reach.targets.size} target positions and lags 0 to {reach.lags}. 'median prod f': "
-            "the median over targets and units of the product of the forget gates over those lags, "
-            f"what the memory written k steps back keeps on the direct path through the cell.{window}",
+            f"Over {reach.targets.size} target positions and lags 0 to {reach.lags}. {path}{window}",
             style="dim",
         )
     )

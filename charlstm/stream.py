@@ -2,9 +2,10 @@
 
 A text is read in windows. In phase p, layer l reads window p - l: layer 0 can start on the
 next window while layer 1 is still on this one, so an L-layer model keeps up to L cores busy
-with no lock per character. Each layer's recurrence is kernels.lstm_forward_stream (no GIL, no
-BLAS), followed on the same thread by what the caller does with that window. Between phases
-the next layers' input projections, large products, are split by rows over the same threads,
+with no lock per character. Each layer's recurrence is its cell's stream kernel
+(kernels.lstm_forward_stream, gru_forward_stream, rnn_forward_stream: no GIL, no BLAS),
+followed on the same thread by what the caller does with that window. Between phases the next
+layers' input projections, large products, are split by rows over the same threads,
 BLAS running on one thread each. Used by gate inspection, where one stream of 20,000
 characters through a 2x512 model would otherwise be one core streaming 4 MB of Wh per step.
 """
@@ -17,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import blas_threads, kernels
-from .model import Params
+from .model import CELL_GATES, Params
 
-# on_layer(layer, start, stop, gates (n, 4H), c (n, H), h (n, H)); n = stop - start
+# on_layer(layer, start, stop, gates (n, nH), c (n, H), h (n, H)); n = stop - start, the gates
+# are the cell's (LSTM i, f, g, o; GRU r, z, n; none for a plain RNN), c is (n, 0) but for an LSTM
 LayerCallback = Callable[[int, int, int, np.ndarray, np.ndarray, np.ndarray], None]
 # on_logits(start, stop, logits (n, V)): the scores of the character after each one read
 LogitsCallback = Callable[[int, int, np.ndarray], None]
@@ -28,10 +30,10 @@ LogitsCallback = Callable[[int, int, np.ndarray], None]
 class _LayerBuffers:
     """Two windows of one layer: the one being computed and the one being read above."""
 
-    def __init__(self, T: int, H: int, dtype: np.dtype):
-        self.gates = np.empty((2, T, 4 * H), dtype=dtype)  # input projection, then i, f, g, o
-        self.h_seq = np.empty((2, T, H), dtype=dtype)
-        self.c_seq = np.empty((2, T, H), dtype=dtype)
+    def __init__(self, T: int, H: int, n_gates: int, has_memory: bool, dtype: np.dtype):
+        self.gates = np.empty((2, T, n_gates * H), dtype=dtype)  # input projection, then the gates
+        self.h_seq = np.empty((2, T, H), dtype=dtype)  # the RNN's input projection, then h
+        self.c_seq = np.empty((2, T, H if has_memory else 0), dtype=dtype)
 
 
 def run_stream(
@@ -44,8 +46,8 @@ def run_stream(
     on_logits: LogitsCallback | None = None,
 ) -> None:
     """Read ids (N,) in one stream from the state h, c (L, 1, H), advanced in place to the
-    state after the last character; no dropout. The same numbers as model.forward up to float
-    rounding.
+    state after the last character (c stays as it is but for an LSTM); no dropout. The same
+    numbers as model.forward up to float rounding.
 
     Results arrive window by window through the callbacks: each layer's windows in order, but
     different layers at once, on different threads (so a callback touches only what belongs to
@@ -59,14 +61,17 @@ def run_stream(
     T = min(window, N)
     n_windows = -(-N // T)
     dtype = params.dtype
-    buffers = [_LayerBuffers(T, H, dtype) for _ in range(L)]
+    cell = config.cell
+    lstm = cell == "lstm"
+    n_gates = len(CELL_GATES[cell])
+    buffers = [_LayerBuffers(T, H, n_gates, lstm, dtype) for _ in range(L)]
     state_h = [h[layer, 0].copy() for layer in range(L)]  # (H,) each
     state_c = [c[layer, 0].copy() for layer in range(L)]
-    Wx0 = params["lstm.0.Wx"]
+    Wx0 = params[f"{cell}.0.Wx"]
     if config.embed == 0:
         input_table = Wx0  # one-hot input: row v of Wx is character v's projection
     else:
-        input_table = np.empty((config.vocab_size, 4 * H), dtype=dtype)  # (V, 4H)
+        input_table = np.empty((config.vocab_size, Wx0.shape[1]), dtype=dtype)  # (V, G)
         kernels.matmul(input_table, params["embed"], Wx0)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     logits = np.empty((T, config.vocab_size), dtype=dtype)
@@ -78,19 +83,34 @@ def run_stream(
         """Rows a..b-1 of the input projection of layer `layer` (>= 1) for window w."""
         k = w % 2
         below = buffers[layer - 1].h_seq[k, a:b]
-        kernels.matmul(buffers[layer].gates[k, a:b], below, params[f"lstm.{layer}.Wx"])
+        kernels.matmul(projection(buffers[layer], k)[a:b], below, params[f"{cell}.{layer}.Wx"])
+
+    def projection(buf: _LayerBuffers, k: int) -> np.ndarray:
+        """Where window slot k's input projection goes: the gates, or h for a plain RNN."""
+        return buf.h_seq[k] if n_gates == 0 else buf.gates[k]
 
     def stage(layer: int, w: int) -> None:
         start, stop = span(w)
         buf, k, n = buffers[layer], w % 2, stop - start
         if layer == 0:
-            kernels.gather_rows(buf.gates[k, :n], input_table, ids[start:stop])
-        kernels.lstm_forward_stream(
-            buf.h_seq[k, :n], buf.c_seq[k, :n], buf.gates[k, :n],
-            params[f"lstm.{layer}.Wh"], params[f"lstm.{layer}.b"], state_h[layer], state_c[layer],
-        )  # fmt: skip
+            kernels.gather_rows(projection(buf, k)[:n], input_table, ids[start:stop])
+        name = f"{cell}.{layer}"
+        if lstm:
+            kernels.lstm_forward_stream(
+                buf.h_seq[k, :n], buf.c_seq[k, :n], buf.gates[k, :n],
+                params[f"{name}.Wh"], params[f"{name}.b"], state_h[layer], state_c[layer],
+            )  # fmt: skip
+            state_c[layer][...] = buf.c_seq[k, n - 1]
+        elif cell == "gru":
+            kernels.gru_forward_stream(
+                buf.h_seq[k, :n], buf.gates[k, :n], params[f"{name}.Wh"],
+                params[f"{name}.bx"], params[f"{name}.bh"], state_h[layer],
+            )  # fmt: skip
+        else:
+            kernels.rnn_forward_stream(
+                buf.h_seq[k, :n], params[f"{name}.Wh"], params[f"{name}.b"], state_h[layer]
+            )
         state_h[layer][...] = buf.h_seq[k, n - 1]
-        state_c[layer][...] = buf.c_seq[k, n - 1]
         if on_layer is not None:
             on_layer(layer, start, stop, buf.gates[k, :n], buf.c_seq[k, :n], buf.h_seq[k, :n])
         if layer == L - 1 and on_logits is not None:

@@ -35,26 +35,37 @@ def rnn_step(x, h_prev, Wx, Wh, b):
 def forward(weights, cell, inputs, h0, masks=None):
     """Logits (T, B, V) and the final h (L, B, H) of inputs (T, B) from h0 (L, B, H); masks
     (L, T, B, H) multiply each layer's h on its way up, as dropout does."""
+    out = forward_from_vectors(weights, cell, first_layer_input(weights, inputs), h0, masks)
+    return out["logits"], out["h"]
+
+
+def forward_from_vectors(weights, cell, x, h0, masks=None):
+    """forward from the first layer's input vectors x (T, B, I), keeping every step:
+    {"logits": (T, B, V), "h": (L, B, H), "layers": per layer {"r", "z", "n", "h"} (T, B, H)
+    each (only "h" for a plain RNN)}."""
     L = layers_of(weights, cell)
-    x = first_layer_input(weights, inputs)
-    T, B = inputs.shape
+    T = x.shape[0]
     h_final = np.zeros_like(h0)
+    records = []
     for layer in range(L):
         p = {key.split(".")[-1]: w for key, w in weights.items() if key.startswith(f"{cell}.{layer}.")}
         h = h0[layer]
-        outputs = []
+        steps = {name: [] for name in ("r", "z", "n", "h")}
         for t in range(T):
             if cell == "gru":
-                h, _, _, _ = gru_step(x[t], h, p["Wx"], p["Wh"], p["bx"], p["bh"])
+                h, r, z, n = gru_step(x[t], h, p["Wx"], p["Wh"], p["bx"], p["bh"])
+                for name, value in (("r", r), ("z", z), ("n", n)):
+                    steps[name].append(value)
             else:
                 h = rnn_step(x[t], h, p["Wx"], p["Wh"], p["b"])
-            outputs.append(h)
+            steps["h"].append(h)
         h_final[layer] = h
-        x = np.stack(outputs)  # (T, B, H)
+        records.append({name: np.stack(v) for name, v in steps.items() if v})
+        x = records[-1]["h"]  # (T, B, H)
         if masks is not None:
             x = x * masks[layer]
     logits = x @ weights["head.W"] + weights["head.b"]
-    return logits, h_final
+    return {"logits": logits, "h": h_final, "layers": records}
 
 
 def loss(weights, cell, inputs, targets, h0, masks=None):

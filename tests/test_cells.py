@@ -1,6 +1,6 @@
 """The GRU and plain RNN cells (charlstm.cells, kernels.gru, kernels.rnn): the forward pass
 against the NumPy reference in tests/reference_cells.py, gradients against finite differences,
-carried state, float32 training, checkpoints, sampling and the CLI from train to eval.
+carried state, float32 training, checkpoints, sampling and the CLI from train to inspect-gates.
 """
 
 import contextlib
@@ -281,10 +281,18 @@ def test_cli_trains_samples_and_evaluates_each_cell(tmp_path, cell):
     scored = runner.invoke(app, ["eval", str(out), str(corpus), "--json"], env=env)
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["loss_nats"] < 0.8 * np.log(ckpt.vocab.size)
-    inspected = runner.invoke(app, ["inspect-gates", "--model", str(out), "--text", "the cat"], env=env)
-    assert inspected.exit_code == 1 and "Traceback" not in inspected.output
-    assert inspected.stderr.startswith("error: ") and inspected.stderr.count("\n") == 1
-    assert f"a {cell} model" in inspected.stderr
+    shown = {}
+    for view in ("overview", "gates", "reach"):
+        inspected = runner.invoke(
+            app,
+            ["inspect-gates", "--model", str(out), "--text", "the cat sat on the mat", "--view", view],
+            env=env,
+        )
+        assert inspected.exit_code == 0 and "Traceback" not in inspected.output, inspected.output
+        assert cell.upper() in inspected.stdout
+        shown[view] = inspected.stdout
+    assert ("z update/keep" if cell == "gru" else "no gate that keeps memory") in shown["overview"]
+    assert ("median prod z" if cell == "gru" else "no gate that keeps its state") in shown["reach"]
 
 
 # --- the units in bands, on numba's threads

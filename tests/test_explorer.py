@@ -24,6 +24,7 @@ from charlstm.cli import app
 from charlstm.data import Vocab
 from charlstm.explorer import payload
 from charlstm.model import ModelConfig, init_params
+from charlstm.signals import LSTM
 
 HOSTILE = '</script><img src=x onerror="window.pwned=1">&lt; <b>bold</b>\n'
 TEXT = ('"Is it so?" she said.\n\tAnd then (he said) "no".\n' * 12) + HOSTILE + "the end."
@@ -234,9 +235,9 @@ def test_the_brush_lists_the_units_on_across_the_range(browser, files):
     from charlstm.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(files["model"])
-    recorder = payload.SignalRecorder(2, len(TEXT), 8)
+    recorder = payload.SignalRecorder(2, len(TEXT), 8, LSTM)
     gates.compute_trace(ckpt.params, vocab, TEXT, observe=recorder)
-    tanh_c = payload.dequantise(recorder.codes[1, gates.SIGNALS.index("c")], "c")  # (N, H)
+    tanh_c = payload.dequantise(recorder.codes[1, LSTM.names.index("c")], "c")  # (N, H)
     on = tanh_c >= 0.5
     expected = [
         f"L2:{j}" for j in range(8)

@@ -16,6 +16,7 @@ from charlstm import gates, gates_view, reach
 from charlstm.data import Vocab
 from charlstm.errors import ConfigError
 from charlstm.model import ModelConfig, Params, init_params
+from charlstm.signals import LSTM
 
 CHARS = ' "abcde.\n'
 
@@ -38,7 +39,7 @@ def reference_run(params, ids):
     layers = []
     for layer in range(cfg.layers):
         Wx, Wh, b = w[f"lstm.{layer}.Wx"], w[f"lstm.{layer}.Wh"], w[f"lstm.{layer}.b"]
-        rec = {name: np.zeros((N, H)) for name in gates.SIGNALS}
+        rec = {name: np.zeros((N, H)) for name in LSTM.names}
         h, c = np.zeros(H), np.zeros(H)
         for t in range(N):
             z = x[t] @ Wx + h @ Wh + b
@@ -48,7 +49,7 @@ def reference_run(params, ids):
             o = sigmoid(z[3 * H : 4 * H])
             c = f * c + i * g
             h = o * np.tanh(c)
-            for name, value in zip(gates.SIGNALS, (i, f, g, o, c, h), strict=True):
+            for name, value in zip(LSTM.names, (i, f, g, o, c, h), strict=True):
                 rec[name][t] = value
         layers.append(rec)
         x = rec["h"]
@@ -74,17 +75,17 @@ def test_trace_matches_reference(embed, dtype):
     W, S = len(warmup), 17
     tol = 1e-10 if dtype == np.float64 else 2e-5
     for layer, rec in enumerate(layers):
-        expected = np.concatenate([rec[k][W : W + S] for k in gates.GATE_NAMES], axis=1)
+        expected = np.concatenate([rec[k][W : W + S] for k in LSTM.gates], axis=1)
         np.testing.assert_allclose(trace.gates[layer], expected, rtol=0, atol=tol)
         np.testing.assert_allclose(trace.c[layer], rec["c"][W : W + S], rtol=0, atol=tol)
         np.testing.assert_allclose(trace.h[layer], rec["h"][W : W + S], rtol=0, atol=tol)
         np.testing.assert_allclose(trace.values[layer], np.tanh(rec["c"][W:]), rtol=0, atol=max(tol, 1e-6))
         # Statistics over the whole text, not only the shown span.
-        for k, name in enumerate(gates.SATURATION_GATES):
+        for k, name in enumerate(LSTM.sigmoid):
             left, right = gates.saturation(rec[name][W:])
             np.testing.assert_allclose(trace.stats.unit_left[layer, k], left)
             np.testing.assert_allclose(trace.stats.unit_right[layer, k], right)
-        for k, name in enumerate(gates.GATE_NAMES):
+        for k, name in enumerate(LSTM.gates):
             np.testing.assert_allclose(trace.stats.mean[layer, k], rec[name][W:].mean(0), atol=1e-6)
             np.testing.assert_allclose(trace.stats.std[layer, k], rec[name][W:].std(0), atol=1e-5)
         d = np.sort(1 - rec["f"][W:].ravel())  # the median of 1 - f, within its 1% bins
@@ -383,7 +384,7 @@ def test_views_record_text_and_svg(view):
         for label in ("i input/learn", "f forget", "o output/use", "half-life", "integrators", "Strips"):
             assert label in text
     if view == "gates":
-        for name, role in gates.SIGNAL_ROLES.items():
+        for name, role in LSTM.roles.items():
             assert f"{name} {role}" in text
         assert "L1:1" in text and "L2:3" in text
 

@@ -1,4 +1,5 @@
-"""The `charlstm inspect-gates` command: watch the gates of the LSTM cells respond to a text.
+"""The `charlstm inspect-gates` command: watch the gates of the cells (LSTM, GRU, plain RNN)
+respond to a text.
 
 Reads the text (--text, --file, stdin or --sample N), runs the model over it with the
 training kernels (charlstm.gates), ranks units and draws the chosen view (charlstm.gates_view)
@@ -19,6 +20,7 @@ from .. import explorer, gates, gates_view, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import read_text
 from ..errors import CharLSTMError, ConfigError
+from ..signals import BY_CELL, NO_KEEP_GATE, signals_of
 from . import ranks
 from .app import app
 from .common import stderr_console
@@ -48,11 +50,18 @@ def inspect_gates_command(
         typer.Option(help="Rank units by correlation with quote, line-pos, indent, depth or a REGEX."),
     ] = None,
     pick: Annotated[
-        str, typer.Option(help="Without --feature, rank by: variance or integrator (forget gate open).")
+        str,
+        typer.Option(
+            help="Without --feature, rank by: variance or integrator (keep gate open: LSTM f, GRU z)."
+        ),
     ] = "variance",
     signal: Annotated[
-        str, typer.Option(help="Signal to rank, strip and heatmap: i, f, g, o, c (as tanh c) or h.")
-    ] = "c",
+        str | None,
+        typer.Option(
+            help="Signal to rank, strip and heatmap: LSTM i, f, g, o, c (as tanh c) or h; GRU r, z, n or h; "
+            "RNN h. (default: c for an LSTM, else h)"
+        ),
+    ] = None,
     top: Annotated[
         int | None, typer.Option(help="How many top units to show (default: 8; heatmap: 16).")
     ] = None,
@@ -95,7 +104,7 @@ def inspect_gates_command(
         int | None, typer.Option(help="--view reach: the target position (default: the last).")
     ] = None,
 ) -> None:
-    """Show how the gates of each LSTM unit respond to each character of a text."""
+    """Show how the gates of each unit (LSTM, GRU or plain RNN) respond to each character of a text."""
     ranks.alone_only("inspect-gates")
     _check_options(view, signal, pick, top, max_chars, show, width, sample, save)
     _check_reach_options(reach_targets, lags, at)
@@ -104,7 +113,7 @@ def inspect_gates_command(
     path = model if model is not None else default_model_path()
     checkpoint = load_checkpoint(path)
     config = checkpoint.model_config
-    gates.require_lstm(config, path)
+    _check_cell_options(config.cell, signal, pick, feature)
     chosen = gates.parse_units(units, config) if units is not None else None
     if layer is not None and not 1 <= layer <= config.layers:
         raise ConfigError(f"--layer must be between 1 and {config.layers}, got {layer}")
@@ -134,7 +143,9 @@ def inspect_gates_command(
         shown = " ".join(repr(ch) for ch in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
         notices.print(f"not in the model's vocabulary, read as a space: {shown}", markup=False)
 
-    recorder = explorer.SignalRecorder(config.layers, len(source), config.hidden) if page_wanted else None
+    recorder = None
+    if page_wanted:
+        recorder = explorer.SignalRecorder(config.layers, len(source), config.hidden, signals_of(config.cell))
     trace = gates.compute_trace(
         checkpoint.params, checkpoint.vocab, source, warmup=warmup,
         show=max(show, targets) if reach_wanted else show, signal=signal, thresholds=thresholds,
@@ -192,7 +203,9 @@ def _check_options(view, signal, pick, top, max_chars, show, width, sample, save
     """Fail on a bad option before any model is loaded."""
     if view not in gates_view.VIEWS:
         raise ConfigError(f"--view must be one of {', '.join(gates_view.VIEWS)}, got {view!r}")
-    gates.check_signal(signal)
+    if signal is not None and not any(signal in s.names for s in BY_CELL.values()):
+        names = ", ".join(dict.fromkeys(n for s in BY_CELL.values() for n in s.names))
+        raise ConfigError(f"unknown signal {signal!r}; choose one of {names}")
     if pick not in gates.PICKS:
         raise ConfigError(f"--pick must be one of {', '.join(gates.PICKS)}, got {pick!r}")
     if top is not None and top < 1:
@@ -207,6 +220,15 @@ def _check_options(view, signal, pick, top, max_chars, show, width, sample, save
         raise ConfigError(f"--sample must be between 1 and --max-chars ({max_chars:,}), got {sample:,}")
     if save is not None:
         gates_view.check_save_path(save)
+
+
+def _check_cell_options(cell: str, signal: str | None, pick: str, feature: str | None) -> None:
+    """Fail on an option the model's cell has no meaning for, before any output."""
+    signals = signals_of(cell)
+    if signal is not None:
+        signals.check(signal)
+    if pick == "integrator" and feature is None and signals.keep is None:
+        raise ConfigError(f"--pick integrator: {NO_KEEP_GATE}; rank by variance or a --feature")
 
 
 def _check_reach_options(targets: int | None, lags: int, at: int | None) -> None:

@@ -18,6 +18,7 @@ from .. import gates, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import atomic_file
 from ..errors import CharLSTMError, ConfigError
+from ..signals import signals_of
 from .payload import SignalRecorder, build_payload
 
 __all__ = ["Page", "SignalRecorder", "build_page", "explore"]
@@ -110,7 +111,7 @@ def explore(
     max_chars: int = gates.DEFAULT_MAX_CHARS,
     feature: str | None = None,
     pick: str = "variance",
-    signal: str = "c",
+    signal: str | None = None,
     targets: int | None = None,
     lags: int = reach.DEFAULT_LAGS,
     thresholds: gates.Thresholds | None = None,
@@ -119,14 +120,13 @@ def explore(
     (default: the newest in ./models/, else the shipped one)."""
     path = Path(model) if model is not None else default_model_path()
     checkpoint = load_checkpoint(path)
-    gates.require_lstm(checkpoint.model_config, path)
     text = text[:max_chars]
     if not text:
         raise ConfigError("nothing to inspect: the text is empty")
     if feature is not None:
         gates.check_feature(text, feature)
     config = checkpoint.model_config
-    recorder = SignalRecorder(config.layers, len(text), config.hidden)
+    recorder = SignalRecorder(config.layers, len(text), config.hidden, signals_of(config.cell))
     count = reach.target_count(targets, len(text))
     trace = gates.compute_trace(
         checkpoint.params, checkpoint.vocab, text, warmup=warmup, show=count, signal=signal,

@@ -153,7 +153,7 @@ function writeHash() {
 function drawHeader() {
   const c = META.config;
   const bpc = META.bits_per_char === null ? "no prediction to score" : `${META.bits_per_char.toFixed(3)} bits per character on this text`;
-  $("shape").textContent = `${META.model} · ${c.layers} layer${c.layers > 1 ? "s" : ""} × ${c.hidden} units · ` +
+  $("shape").textContent = `${META.model} · ${c.layers} layer${c.layers > 1 ? "s" : ""} × ${c.hidden} units · ${c.cell.toUpperCase()} · ` +
     `${c.vocab_size} characters · ${c.embed ? "embedding " + c.embed : "one-hot input"} · ${N.toLocaleString("en")} characters read` +
     (META.warmup_chars ? ` after ${META.warmup_chars} of warm-up` : "") + ` · ${bpc}`;
   const box = $("curve");
@@ -525,6 +525,11 @@ function drawSaturation() {
   box.replaceChildren();
   for (const el of document.querySelectorAll(".left-th")) el.textContent = META.thresholds.left;
   for (const el of document.querySelectorAll(".right-th")) el.textContent = META.thresholds.right;
+  if (!META.saturation.gates.length) {
+    box.textContent = "A plain RNN has no gates: nothing shuts or opens. The reach below shows how far back it still sees.";
+    box.className = "note";
+    return;
+  }
   for (let l = 0; l < L; l++) {
     META.saturation.gates.forEach((gate, k) => {
       const plot = svg("svg", { width: S + 40, height: S + 40, role: "img", "aria-label": `layer ${l + 1} gate ${gate} saturation` }, box);
@@ -663,7 +668,7 @@ function findMatches(layer, signal, rows, a, b, theta) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Reach: decay of the sensitivity with the lag, beside the forget-gate products
+// Reach: decay of the sensitivity with the lag, beside the products of the keep gates (f, z)
 
 function logPlot(parent, title, series, band, yLabel, mark) {
   const W = 380, Hh = 180, left = 52;
@@ -709,8 +714,16 @@ function drawReach() {
   const box = $("decay");
   logPlot(box, "sensitivity against the lag", [{ label: "median over positions", values: REACH.median }], [REACH.q1, REACH.q3],
     "‖∂ log p / ∂ input‖ (median, IQR band)", w);
+  const keep = REACH.keep_gate;
+  if (keep === null) {
+    const note = document.createElement("p");
+    note.className = "note";
+    note.textContent = "A plain RNN has no gate that keeps its state, so no direct path: every step multiplies the gradient by Wh and tanh′.";
+    box.appendChild(note);
+    return;
+  }
   logPlot(box, "direct path through the cell", REACH.forget_product.map((v, l) => ({ label: `layer ${l + 1}`, values: v })), null,
-    "direct path through the cell: median ∏ f over k steps", w);
+    `direct path through the cell: median ∏ ${keep} over k steps`, w);
 }
 
 // ------------------------------------------------------------------------------------------

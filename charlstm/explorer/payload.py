@@ -1,9 +1,11 @@
-"""The explorer page's data: the six signals of each kept unit quantised to uint8 with fixed
-scales, the guesses, the reach, the rankings and the statistics, as one JSON document and
-named binary blocks (gzip, then base64), each decoded by the page when first needed.
+"""The explorer page's data: the signals of each kept unit (the LSTM's six, the GRU's four, the
+plain RNN's h) quantised to uint8 with fixed scales, the guesses, the reach, the rankings and
+the statistics, as one JSON document and named binary blocks (gzip, then base64), each decoded
+by the page when first needed.
 
-Scales (documented in the page too): i, f, o on [0, 1] as q = round(255 v), error <= 1/510;
-g, tanh(c) and h on [-1, 1] as q = round(127.5 (v + 1)), error <= 1/255. Guess probabilities
+Scales (documented in the page too): the sigmoid gates (i, f, o; r, z) on [0, 1] as
+q = round(255 v), error <= 1/510; g, n, tanh(c) and h on [-1, 1] as q = round(127.5 (v + 1)),
+error <= 1/255. Guess probabilities
 as uint16 (q / 65535); reach on a log scale over its fixed domain [lo, hi], 0 meaning
 "before the text", 1..255 from lo to hi.
 """
@@ -18,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import gates
-from ..gates import SIGNALS, Ranking, Trace, Unit, json_numbers
-from ..model import GATE_NAMES
+from ..gates import Ranking, Trace, Unit, json_numbers
 from ..reach import Reach, significant
+from ..signals import BY_CELL, CellSignals
 
-UNIT_SCALE = ("i", "f", "o")  # [0, 1]; the others are signed, on [-1, 1]
+UNIT_SCALE = tuple(dict.fromkeys(g for s in BY_CELL.values() for g in s.sigmoid))  # [0, 1]; others [-1, 1]
 ALL_UNITS_BUDGET = 2_000 * 1024  # units x characters that get their full signals (2,000 x 2x512)
 TOP_UNITS = 64  # above that budget: full signals for this many units, summaries for the rest
 RANKINGS = ("variance", "integrator", *gates.BUILTIN_FEATURES)
@@ -45,17 +47,19 @@ def dequantise(codes: np.ndarray, signal: str) -> np.ndarray:
 
 class SignalRecorder:
     """A compute_trace observer keeping every signal of every unit over the whole text,
-    quantised: codes (L, 6, N, H) uint8, about 6 bytes per unit and character."""
+    quantised: codes (L, S, N, H) uint8 for the cell's S signals, S bytes per unit and character."""
 
-    def __init__(self, layers: int, n_chars: int, hidden: int):
-        self.codes = np.empty((layers, len(SIGNALS), n_chars, hidden), dtype=np.uint8)
+    def __init__(self, layers: int, n_chars: int, hidden: int, signals: CellSignals):
+        self.signals = signals
+        self.codes = np.empty((layers, len(signals.names), n_chars, hidden), dtype=np.uint8)
 
     def __call__(self, layer: int, start: int, stop: int, g, c_seq, h_seq) -> None:
         H = h_seq.shape[1]
         out = self.codes[layer]
-        for s, name in enumerate(SIGNALS):
-            if name in GATE_NAMES:
-                k = GATE_NAMES.index(name)
+        gate_names = self.signals.gates
+        for s, name in enumerate(self.signals.names):
+            if name in gate_names:
+                k = gate_names.index(name)
                 values = g[:, k * H : (k + 1) * H]
             else:
                 values = np.tanh(c_seq) if name == "c" else h_seq
@@ -133,12 +137,12 @@ def build_payload(
     chosen: list[Unit] | None,
     curves: dict | None,
 ) -> Payload:
-    cfg, stats = trace.config, trace.stats
+    cfg, stats, cell = trace.config, trace.stats, trace.signals
     kept = kept_units(trace, ranking, chosen)
     payload = Payload(meta={})
     blocks: dict[str, str] = {}
     for layer, units in enumerate(kept):
-        for s, name in enumerate(SIGNALS):
+        for s, name in enumerate(cell.names):
             codes = recorder.codes[layer, s][:, units].T  # (kept, N): a unit's row is contiguous
             blocks[f"L{layer + 1}.{name}"] = payload.add(f"sig-L{layer + 1}-{name}", codes)
     guess_dtype = np.uint8 if cfg.vocab_size <= 256 else np.uint16
@@ -163,9 +167,9 @@ def build_payload(
         "vocab": trace.vocab_chars,
         "bits_per_char": None if math.isnan(trace.bits_per_char) else round(trace.bits_per_char, 4),
         "bits": json_numbers(trace.bits, 3),
-        "signals": list(SIGNALS),
-        "signal_help": gates.SIGNAL_HELP,
-        "signal_roles": gates.SIGNAL_ROLES,
+        "signals": list(cell.names),
+        "signal_help": cell.help,
+        "signal_roles": cell.roles,
         "unit_scale": list(UNIT_SCALE),
         "kept": kept,
         "blocks": blocks,
@@ -180,15 +184,14 @@ def build_payload(
         "ranked_signal": trace.signal,
         "thresholds": {"left": trace.thresholds.left, "right": trace.thresholds.right},
         "saturation": {
-            "gates": list(gates.SATURATION_GATES),
-            "left": [
-                [json_numbers(stats.unit_left[layer, k], 4) for k in range(3)] for layer in range(cfg.layers)
-            ],
+            "gates": list(cell.sigmoid),
+            "left": [[json_numbers(row, 4) for row in stats.unit_left[layer]] for layer in range(cfg.layers)],
             "right": [
-                [json_numbers(stats.unit_right[layer, k], 4) for k in range(3)] for layer in range(cfg.layers)
+                [json_numbers(row, 4) for row in stats.unit_right[layer]] for layer in range(cfg.layers)
             ],
         },
         "memory": {
+            "keep_gate": cell.keep,
             "median_forget": json_numbers(stats.median_forget, 6),
             "half_life": json_numbers(stats.half_life, 2),
             "integrators": stats.integrators.tolist(),
@@ -203,6 +206,7 @@ def build_payload(
             "median": significant(median, 5),
             "q1": significant(q1, 5),
             "q3": significant(q3, 5),
+            "keep_gate": reach.keep_gate,
             "forget_product": [significant(row, 5) for row in reach.forget_product],
         },
         "curves": curves,

@@ -18,7 +18,7 @@ The public kernels are imported here, so callers write `kernels.adam_step`.
 
 from .activations import exp, sigmoid, tanh
 from .gru import gru_backward, gru_forward
-from .inspection import gate_stats_add, lstm_forward_stream, tanh_rows
+from .inspection import gate_stats_add, gru_forward_stream, lstm_forward_stream, rnn_forward_stream, tanh_rows
 from .layouts import (
     apply_dropout,
     dropout_masks,
@@ -54,9 +54,10 @@ __all__ = [
     "add_weight_gradient_rows", "apply_dropout", "average_step", "clip_grad_norm", "dropout_masks",
     "dropout_masks_of_streams", "embed_projection", "exp", "gate_stats_add", "gather_rows",
     "generate_steps", "generate_steps_parallel", "global_norm", "gru_backward", "gru_forward",
-    "lstm_forward", "lstm_forward_stream", "lstm_train_backward", "lstm_train_forward", "matmul",
-    "matmul_add", "matmul_rows", "model_step", "pack_bands", "pack_into_bands", "pack_rows",
-    "rnn_backward", "rnn_forward", "sample_tokens", "scatter_add_rows", "sigmoid",
-    "softmax_cross_entropy", "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows",
-    "tiled_matmul", "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
+    "gru_forward_stream", "lstm_forward", "lstm_forward_stream", "lstm_train_backward",
+    "lstm_train_forward", "matmul", "matmul_add", "matmul_rows", "model_step", "pack_bands",
+    "pack_into_bands", "pack_rows", "rnn_backward", "rnn_forward", "rnn_forward_stream",
+    "sample_tokens", "scatter_add_rows", "sigmoid", "softmax_cross_entropy",
+    "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows", "tiled_matmul",
+    "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",
 ]  # fmt: skip
