@@ -256,10 +256,10 @@ class _TrainBuffers:
         # forward, its Hu rows of Wh for the backward), else transposed into bands for BLAS
         # (the backward's BLAS reads Wh itself). The other layout is left empty.
         R, Hu = tiles.ROWS, H // U
-        tiled = _tiles_serve(tiles.STEP, 4 * Hu, B, dtype) and _tiles_serve(tiles.STEP, Hu, B, dtype)
+        tiled = tiles.serve(tiles.STEP, 4 * Hu, B, dtype) and tiles.serve(tiles.STEP, Hu, B, dtype)
         self.Wh_bands = np.empty((U, 0 if tiled else 4 * Hu, H), dtype=dtype)
-        self.Wh_packed = np.empty((U, _tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
-        self.Wh_rows_packed = np.empty((U, _tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
+        self.Wh_packed = np.empty((U, tiles.tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
+        self.Wh_rows_packed = np.empty((U, tiles.tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
         # Wx above the first layer. Coupled (the compile target's tiles serve tiles.COUPLING; no
         # measured CPU's do today, see tiles.GEOMETRIES):
         # packed like Wh, for the step kernels' own tile products x_t·Wx and Wx·dz_t, where the
@@ -272,16 +272,16 @@ class _TrainBuffers:
         # zero rows to whole tiles, for the logits; head.W for dh), else transposed for BLAS
         # (whose backward reads head.W itself). Whether the tiles serve the head (and dWh in the
         # steps) is the compile target's measured choice: tiles.GEOMETRIES.
-        self.coupled = L > 1 and tiled and _tiles_serve(tiles.COUPLING, 4 * Hu, B, dtype)
+        self.coupled = L > 1 and tiled and tiles.serve(tiles.COUPLING, 4 * Hu, B, dtype)
         coupled = self.coupled
-        self.Wx_packed = np.empty((U, _tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
-        self.Wx_rows_packed = np.empty((U, _tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
+        self.Wx_packed = np.empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
+        self.Wx_rows_packed = np.empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
         self.Wx_T = np.empty((0 if coupled else 4 * H, H), dtype=dtype)
         self.proj = np.empty((0 if coupled else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
-        head_tiled = _tiles_serve(tiles.HEAD, H, B, dtype)
+        head_tiled = tiles.serve(tiles.HEAD, H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
-        self.head_rows_packed = np.empty((_tiles_of(H) if head_tiled else 0, V, R), dtype=dtype)
+        self.head_rows_packed = np.empty((tiles.tiles_of(H) if head_tiled else 0, V, R), dtype=dtype)
         V_rows = self.head_packed.shape[0] * R if head_tiled else V  # logit rows, padding included
         self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
         self.dtable_T = np.empty((4 * H, V), dtype=dtype)
@@ -492,20 +492,6 @@ def _train_backward(
     return loss
 
 
-def _tiles_serve(product: str, rows: int, columns: int, dtype: np.dtype) -> bool:
-    """Whether the register tiles run `product` (tiles.STEP, HEAD or STEP_GRADIENT) with an
-    output of `rows` x `columns` (streams, or H for dWh): float32, the compile target's
-    geometry serves that product (measured: charlstm.kernels.tiles.GEOMETRIES), the rows in
-    whole tiles and the columns in whole vectors."""
-    geometry = tiles.GEOMETRY
-    return np.dtype(dtype) == np.float32 and geometry.serves(product) and tiles.fits(geometry, rows, columns)
-
-
-def _tiles_of(rows: int) -> int:
-    """How many register tiles a product of `rows` rows comes in (tiles.plan)."""
-    return sum(tiles.tile_count(tiles.GEOMETRY, rows))
-
-
 STEP_GRADIENT_BYTES = 512 * 1024  # most of a thread's rows of dWh_T one core's L2 cache keeps
 
 
@@ -517,7 +503,7 @@ def _step_gradients_serve(H: int, bands: int, dtype: np.dtype) -> bool:
     3-6% slower at 512 (4 MiB)), and the compile target's geometry serves it (tiles.GEOMETRIES:
     against OpenBLAS's own kernels it does not pay)."""
     fits = 4 * (H // bands) * H * np.dtype(dtype).itemsize <= STEP_GRADIENT_BYTES
-    return fits and _tiles_serve(tiles.STEP_GRADIENT, H // bands, H, dtype)
+    return fits and tiles.serve(tiles.STEP_GRADIENT, H // bands, H, dtype)
 
 
 def _window_product(

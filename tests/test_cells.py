@@ -18,6 +18,7 @@ from charlstm.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.cli import app
 from charlstm.data import Vocab
 from charlstm.errors import CheckpointError
+from charlstm.kernels import tiles
 from charlstm.model import ModelConfig, Params, Workspace, forward, init_params, loss_and_grad, zero_state
 
 CELLS = ("gru", "rnn")
@@ -134,6 +135,39 @@ def test_float32_training_step_agrees_with_float64(cell):
     assert l32 == pytest.approx(l64, rel=1e-5)
     assert np.max(np.abs(g32 - g64)) < 1e-5 * np.max(np.abs(g64)) + 1e-7
     np.testing.assert_allclose(h32, h64, atol=1e-5)
+
+
+@pytest.mark.parametrize("bands", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_step_products_on_register_tiles_match_float64(cell, bands):
+    """B and the bands' rows in whole tiles: float32 runs the step products on the register
+    tiles (forward and backward), float64 on BLAS; both give the same step."""
+    B, T = 16, 8  # whole vectors of every geometry
+    config = ModelConfig(V, 2, 16, 4, 0.2, cell)
+    rng = np.random.default_rng(5)
+    params = init_params(config, rng, np.float64)
+    params.flat[:] *= 2.0
+    inputs, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    h = rng.uniform(-0.8, 0.8, (2, B, 16))
+    results = {}
+    for dtype in (np.float64, np.float32):
+        grads = Params.zeros(config, dtype)
+        ws = Workspace(config, T, B, dtype, bands=bands)
+        h_run, c_run = h.astype(dtype), np.zeros_like(h, dtype=dtype)
+        loss = loss_and_grad(
+            params.astype(dtype), grads, inputs, targets, h_run, c_run, ws, np.random.default_rng(3)
+        )
+        results[dtype] = loss, grads.flat.astype(np.float64), h_run.astype(np.float64), ws._cells
+    if not tiles.serve(tiles.STEP, config.projection_width // bands, B, np.float32):
+        pytest.skip(f"the {tiles.GEOMETRY.isa} build runs the step products on BLAS")
+    assert (
+        results[np.float32][3].Wh_packed.shape[1] > 0 and results[np.float32][3].Wh_rows_packed.shape[1] > 0
+    )
+    assert results[np.float64][3].Wh_packed.shape[1] == 0
+    (l64, g64, h64, _), (l32, g32, h32, _) = results[np.float64], results[np.float32]
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    assert np.max(np.abs(g32 - g64)) < 2e-5 * np.max(np.abs(g64))
+    np.testing.assert_allclose(h32, h64, atol=2e-5)
 
 
 def test_the_first_step_of_training_learns(tmp_path):

@@ -246,15 +246,15 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2, coupled=False):
     R = tiles.ROWS
     weights = SimpleNamespace(
         Wh_bands=np.empty((bands, 0 if tiled else G // bands, H), dtype),
-        Wh_packed=np.empty((bands, model._tiles_of(G // bands) if tiled else 0, H, R), dtype),
+        Wh_packed=np.empty((bands, tiles.tiles_of(G // bands) if tiled else 0, H, R), dtype),
     )
     model._prepare_forward_weights(weights, Wh)
-    Wh_rows_packed = np.empty((bands, model._tiles_of(H // bands) if tiled else 0, G, R), dtype)
+    Wh_rows_packed = np.empty((bands, tiles.tiles_of(H // bands) if tiled else 0, G, R), dtype)
     if tiled:
         kernels.pack_bands(Wh_rows_packed, Wh)
     Wx = normal(H, G) / dtype(np.sqrt(H))  # coupled: packed as model._train_forward/_backward do
-    Wx_packed = np.empty((bands, model._tiles_of(G // bands) if coupled else 0, H, R), dtype)
-    Wx_rows_packed = np.empty((bands, model._tiles_of(H // bands) if coupled else 0, G, R), dtype)
+    Wx_packed = np.empty((bands, tiles.tiles_of(G // bands) if coupled else 0, H, R), dtype)
+    Wx_rows_packed = np.empty((bands, tiles.tiles_of(H // bands) if coupled else 0, G, R), dtype)
     if coupled:
         kernels.pack_into_bands(Wx_packed, Wx)
         kernels.pack_bands(Wx_rows_packed, Wx)

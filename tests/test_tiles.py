@@ -203,10 +203,15 @@ def run_tests_in_subprocess(tmp_path, env, *pytest_args):
     return result.stdout
 
 
-TRAINING_TESTS = (
+BAND_TESTS = (  # the step kernels of every cell on the tiles, both band paths
     "test_engine.py::test_float32_training_on_register_tiles_matches_the_reference",
     "test_engine.py::test_bands_on_one_thread_or_two_give_the_same_bits",
     "test_engine.py::test_three_windows_equal_one_long_window",
+    "test_cells.py::test_float32_step_products_on_register_tiles_match_float64",
+    "test_cells.py::test_bands_on_one_thread_or_two_give_the_same_bits",
+)
+TRAINING_TESTS = (
+    *BAND_TESTS,
     "test_engine.py::test_gradients_match_finite_differences",
     "test_engine.py::test_units_in_bands_train_like_the_reference",
     "test_tiles.py::test_the_targets_packing_is_the_documented_layout",
@@ -231,7 +236,7 @@ def test_band_kernels_on_a_forced_geometry(tmp_path, isa):
     tile shape forced on this machine: NEON's 8 x 12 as 4-wide vectors, AVX2's 6 x 16 with its
     tails on an AVX-512 host."""
     env = {"CHARLSTM_TILES": isa, "CHARLSTM_EXPECT_ISA": isa}
-    run_tests_in_subprocess(tmp_path, env, *TRAINING_TESTS[:3], "test_tiles.py::test_the_expected_isa")
+    run_tests_in_subprocess(tmp_path, env, *BAND_TESTS, "test_tiles.py::test_the_expected_isa")
 
 
 def test_the_expected_isa():

@@ -96,6 +96,14 @@ def step_product(out, W, W_packed, x):
         tiles.product(out, W_packed, x)
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def step_product_rows(out, work, W, W_packed, x_T):
+    """out (B, M) = (W (M, K) · x_T (K, B)).T: step_product, feature-major as the tiles
+    compute it, into work (M, B), then turned batch-major for the GRU's and RNN's gate loops."""
+    step_product(work, W, W_packed, x_T)
+    _transpose(out, work)
+
+
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def tiled_matmul(out, W_packed, x, threads):
     """out (M, N) = W (M, K) · x (K, N) on the register tiles, W packed as for step_product

@@ -37,6 +37,7 @@ import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -396,3 +397,16 @@ plan = _TARGET.plan
 first_row = _TARGET.first_row
 product = _TARGET.product
 add_product = _TARGET.add_product
+
+
+def serve(product_name: str, rows: int, columns: int, dtype) -> bool:
+    """Whether the register tiles run `product_name` (STEP, HEAD, STEP_GRADIENT, COUPLING) with
+    an output of `rows` x `columns` (streams, or H for dWh): float32, the compile target's
+    geometry serves that product (measured: GEOMETRIES), the rows in whole tiles and the
+    columns in whole vectors."""
+    return np.dtype(dtype) == np.float32 and GEOMETRY.serves(product_name) and fits(GEOMETRY, rows, columns)
+
+
+def tiles_of(rows: int) -> int:
+    """How many register tiles a product of `rows` rows comes in (plan)."""
+    return sum(tile_count(GEOMETRY, rows))
