@@ -21,11 +21,9 @@ from . import kernels
 from .data import Vocab, encode_known
 from .errors import ConfigError
 from .features import (
-    BUILTIN_FEATURES,
     N_SHIFTS,
     check_feature,
     feature_correlation,
-    feature_values,
     mean_std,
     shifts_of,
 )
@@ -33,8 +31,6 @@ from .model import ModelConfig, Params, zero_state
 from .signals import NO_KEEP_GATE, CellSignals, signals_of
 from .stream import LayerCallback as LayerObserver
 from .stream import run_stream
-
-__all__ = ["BUILTIN_FEATURES", "N_SHIFTS", "check_feature", "feature_correlation", "feature_values"]
 
 PICKS = ("variance", "integrator")
 

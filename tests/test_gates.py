@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from charlstm import gates, gates_view, reach
+from charlstm import features, gates, gates_view, reach
 from charlstm.data import Vocab
 from charlstm.errors import ConfigError
 from charlstm.model import ModelConfig, Params, init_params
@@ -190,7 +190,7 @@ def test_median_forget_from_bins_is_within_one_percent(seed):
     ],
 )
 def test_features(name, text, expected):
-    values, desc = gates.feature_values(text, name)
+    values, desc = features.feature_values(text, name)
     np.testing.assert_array_equal(values, expected)
     assert desc
 
@@ -198,7 +198,7 @@ def test_features(name, text, expected):
 @pytest.mark.parametrize("spec", ["(", "[a-", "re:"])
 def test_bad_regex_is_a_config_error(spec):
     with pytest.raises(ConfigError, match="regular expression"):
-        gates.feature_values("abc", spec)
+        features.feature_values("abc", spec)
 
 
 def test_correlation_against_the_shift_null():
@@ -214,13 +214,13 @@ def test_correlation_against_the_shift_null():
         ],
         axis=1,
     ).astype(np.float32)
-    r, z = gates.feature_correlation(X, feature)
+    r, z = features.feature_correlation(X, feature)
     assert r[0] > 0.6 and z[0] > 4
     assert abs(r[1]) < 0.1 and abs(z[1]) < 3
     assert r[2] == 0 and z[2] == 0
     np.testing.assert_allclose(r[0], np.corrcoef(X[:, 0], feature)[0, 1], rtol=1e-4)
     with pytest.raises(ConfigError, match="does not change"):
-        gates.feature_correlation(X, np.ones(N))
+        features.feature_correlation(X, np.ones(N))
 
 
 def test_parse_units():
@@ -297,7 +297,7 @@ def test_planted_quote_unit_is_ranked_first():
     vocab = Vocab(sorted(CHARS))
     text = planted_text(2000)
     trace = gates.compute_trace(planted_params(vocab), vocab, text)
-    inside = gates.feature_values(text, "quote")[0] > 0
+    inside = features.feature_values(text, "quote")[0] > 0
     c0 = trace.values[0, :, 0]
     assert (c0[inside] > 0.5).all() and (c0[~inside][text.index('"') :] < -0.5).all()
 
@@ -308,7 +308,7 @@ def test_planted_quote_unit_is_ranked_first():
     for unit in (gates.Unit(0, 1), gates.Unit(0, 2)):  # shuffled and random: chance
         score = ranking.score_of(unit)
         assert abs(score.z) < 3 and score.is_chance(3.0)
-    assert ranking.n_shifts == gates.N_SHIFTS
+    assert ranking.n_shifts == features.N_SHIFTS
 
 
 def test_variance_and_integrator_picks():

@@ -16,7 +16,7 @@ from test_explorer import CHROMIUM, browser_only, open_page, sync_api  # noqa: F
 from test_gates import CHARS, planted_text
 from typer.testing import CliRunner
 
-from charlstm import gates, reach, stream
+from charlstm import features, gates, reach, stream
 from charlstm.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.cli import app
 from charlstm.data import Vocab
@@ -231,7 +231,7 @@ def planted_gru(seed=0) -> Params:
 def test_the_planted_gru_quote_unit_is_ranked_first_and_integrates():
     text = planted_text(2000)
     trace = gates.compute_trace(planted_gru(), VOCAB, text)
-    inside = gates.feature_values(text, "quote")[0] > 0
+    inside = features.feature_values(text, "quote")[0] > 0
     assert ((trace.values[0, :, 0] > 0) == inside).all()
     by_quote = gates.rank_units(trace, feature="quote")
     assert by_quote.scores[0].unit == gates.Unit(0, 0)

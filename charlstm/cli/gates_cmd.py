@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from .. import explorer, gates, gates_view, reach
+from .. import explorer, features, gates, gates_view, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import read_text
 from ..errors import CharLSTMError, ConfigError
@@ -124,7 +124,7 @@ def inspect_gates_command(
     total = len(source)
     source = source[:max_chars]
     if feature is not None:
-        gates.check_feature(source, feature)  # a bad feature fails before any output
+        features.check_feature(source, feature)  # a bad feature fails before any output
     page_wanted = save is not None and gates_view.check_save_path(save) in gates_view.PAGE_FORMATS
     reach_wanted = view == "reach" or json_out is not None or page_wanted
     targets = reach.target_count(reach_targets, len(source))

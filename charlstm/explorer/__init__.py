@@ -14,7 +14,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from .. import gates, reach
+from .. import features, gates, reach
 from ..checkpoint import Checkpoint, default_model_path, load_checkpoint
 from ..data import atomic_file
 from ..errors import CharLSTMError, ConfigError
@@ -124,7 +124,7 @@ def explore(
     if not text:
         raise ConfigError("nothing to inspect: the text is empty")
     if feature is not None:
-        gates.check_feature(text, feature)
+        features.check_feature(text, feature)
     config = checkpoint.model_config
     recorder = SignalRecorder(config.layers, len(text), config.hidden, signals_of(config.cell))
     count = reach.target_count(targets, len(text))

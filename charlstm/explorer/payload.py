@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import gates
+from .. import features, gates
 from ..gates import Ranking, Trace, Unit, json_numbers
 from ..reach import Reach, significant
 from ..signals import BY_CELL, CellSignals
@@ -27,7 +27,7 @@ from ..signals import BY_CELL, CellSignals
 UNIT_SCALE = tuple(dict.fromkeys(g for s in BY_CELL.values() for g in s.sigmoid))  # [0, 1]; others [-1, 1]
 ALL_UNITS_BUDGET = 2_000 * 1024  # units x characters that get their full signals (2,000 x 2x512)
 TOP_UNITS = 64  # above that budget: full signals for this many units, summaries for the rest
-RANKINGS = ("variance", "integrator", *gates.BUILTIN_FEATURES)
+RANKINGS = ("variance", "integrator", *features.BUILTIN_FEATURES)
 
 
 def quantise(values: np.ndarray, signal: str) -> np.ndarray:
