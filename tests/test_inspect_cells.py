@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import reference_cells
 from reference import first_layer_input
-from test_explorer import CHROMIUM, browser_only, open_page, sync_api  # noqa: F401 (browser fixture below)
+from test_cli_gates import invoke, ok, one_error_line
+from test_explorer import browser, browser_only, open_page  # noqa: F401 (browser: a pytest fixture)
 from test_gates import CHARS, planted_text
-from typer.testing import CliRunner
 
 from charlstm import features, gates, reach, stream
 from charlstm.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.cli import app
 from charlstm.data import Vocab
 from charlstm.explorer import payload
 from charlstm.model import ModelConfig, Params, init_params, zero_state
@@ -28,7 +27,6 @@ CELLS = ("gru", "rnn")
 VOCAB = Vocab(sorted(CHARS))
 TEXT = 'a "bad cab." ed\nbe a dab.\n"ace"'
 WARMUP = "cab "
-ENV = {"COLUMNS": "100", "NO_COLOR": None, "FORCE_COLOR": None}
 
 
 def as_weights(params):
@@ -257,24 +255,6 @@ def models(tmp_path_factory):
     return paths
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, ["inspect-gates", *map(str, args)], env=ENV)
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def one_error_line(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.stdout == ""
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-
-
 def test_every_view_of_a_gru(models):
     common = ("--model", models["planted"], "--file", models["text"], "--show", 80)
     overview = ok(invoke(*common)).stdout
@@ -348,17 +328,9 @@ def test_the_explorer_payload_holds_the_cells_signals(models, cell):
     assert meta["rankings"]["integrator"]["available"] == (cell == "gru")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield instance
-        instance.close()
-
-
 @browser_only
 @pytest.mark.parametrize("cell", CELLS)
-def test_the_explorer_page_of_each_cell_opens_without_an_error(browser, models, tmp_path, cell):
+def test_the_explorer_page_of_each_cell_opens_without_an_error(browser, models, tmp_path, cell):  # noqa: F811
     path = tmp_path / f"{cell}.html"
     ok(
         invoke(
