@@ -203,15 +203,14 @@ def run_tests_in_subprocess(tmp_path, env, *pytest_args):
     return result.stdout
 
 
-BAND_TESTS = (  # the step kernels of every cell on the tiles, both band paths
+BAND_TESTS = (  # the LSTM's step kernels on the tiles, both band paths
     "test_engine.py::test_float32_training_on_register_tiles_matches_the_reference",
     "test_engine.py::test_bands_on_one_thread_or_two_give_the_same_bits",
     "test_engine.py::test_three_windows_equal_one_long_window",
-    "test_cells.py::test_float32_step_products_on_register_tiles_match_float64",
-    "test_cells.py::test_bands_on_one_thread_or_two_give_the_same_bits",
 )
 TRAINING_TESTS = (
     *BAND_TESTS,
+    "test_cells.py::test_float32_step_products_on_register_tiles_match_float64",  # GRU, RNN
     "test_engine.py::test_gradients_match_finite_differences",
     "test_engine.py::test_units_in_bands_train_like_the_reference",
     "test_tiles.py::test_the_targets_packing_is_the_documented_layout",
