@@ -194,10 +194,6 @@ class Trace:
         return self.c[layer] if name == "c" else self.h[layer]
 
 
-def check_signal(name: str, cell: str = "lstm") -> str:
-    return signals_of(cell).check(name)
-
-
 def compute_trace(
     params: Params,
     vocab: Vocab,

@@ -15,8 +15,9 @@ from reference import first_layer_input
 from test_cli_gates import invoke, ok, one_error_line
 from test_explorer import browser, browser_only, open_page  # noqa: F401 (browser: a pytest fixture)
 from test_gates import CHARS, planted_text
+from test_stream import run as run_stream
 
-from charlstm import features, gates, reach, stream
+from charlstm import features, gates, reach
 from charlstm.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.data import Vocab
 from charlstm.explorer import payload
@@ -67,15 +68,9 @@ def test_stream_equals_the_reference(cell, layers, embed, window, dtype, tol):
     ref = reference_cells.forward_from_vectors(
         weights, cell, first_layer_input(weights, ids.reshape(N, 1)), h.astype(np.float64)
     )
-    got = {layer: [] for layer in range(layers)}
-    logits = []
-    stream.run_stream(
-        params, ids, h, c, window,
-        lambda layer, a, b, g, c_seq, h_seq: got[layer].append((a, b, g.copy(), c_seq.copy(), h_seq.copy())),
-        lambda a, b, out: logits.append(out.copy()),
-    )  # fmt: skip
+    got, logits = run_stream(params, ids, h, c, window)
     H = config.hidden
-    np.testing.assert_allclose(np.concatenate(logits), ref["logits"][:, 0], atol=tol)
+    np.testing.assert_allclose(np.concatenate([x for _, _, x in logits]), ref["logits"][:, 0], atol=tol)
     for layer in range(layers):
         assert [(a, b) for a, b, *_ in got[layer]] == [(a, min(a + window, N)) for a in range(0, N, window)]
         g, c_seq, h_seq = (np.concatenate([w[k] for w in got[layer]]) for k in (2, 3, 4))
