@@ -40,6 +40,11 @@ BUDGETS = ("steps", "epochs", "minutes")
 # Defaults of a run started with --init-from, under the options given: measured with
 # `bench/quality.py --finetune` (see the README). The dropout defaults to the model's own.
 FINETUNE_DEFAULTS = {"lr": 2e-3, "warmup": 20, "eval_every": 50}
+# The peak learning rate when --lr is not given, per cell (bench/cells.py, tinyshakespeare,
+# 2x256, the default 15-minute budget): at the LSTM's 8e-3 the GRU and the plain RNN diverge
+# (validation 1.72 -> 2.05 and 1.83 -> 2.06 mid-run), at 2e-3, char-rnn's rate, they fall
+# steadily (see the README's comparison of the cells).
+CELL_LR = {"lstm": 8e-3, "gru": 2e-3, "rnn": 2e-3}
 MAX_RECORD = 2000  # validations kept in a checkpoint's record (the oldest are thinned out)
 # A loss this many times a uniform guess (ln V) means the weights blew up even while still
 # finite (without weight decay, Adam at lr=1e6 keeps the loss finite near 1e7 nats).
@@ -61,7 +66,8 @@ class TrainOptions:
     batch_size: int = 32  # B: parallel streams
     val_frac: float = 0.1  # the last 10% of the text: nanoGPT's tinyshakespeare split
     # optimiser: Adam with decoupled weight decay on matrices only
-    lr: float = 8e-3  # peak; measured best of 3e-3, 5e-3, 8e-3 on 2x256 (1.88, 1.82, 1.76 at 557 steps)
+    lr: float = 8e-3  # peak, the LSTM's (CELL_LR has each cell's); measured best of 3e-3, 5e-3, 8e-3
+    # on 2x256 (1.88, 1.82, 1.76 at 557 steps)
     min_lr: float | None = None  # end of the cosine decay; None = lr / 10
     warmup: int = 100  # steps of linear warmup
     weight_decay: float = 0.01
@@ -251,6 +257,9 @@ def resolve_options(
     TrainOptions.from_dict(given)  # unknown keys
     notices: list[str] = []
     if saved is None:
+        cell = given.get("cell", TrainOptions.cell)
+        if "lr" not in given and cell in CELL_LR:
+            given = {**given, "lr": CELL_LR[cell]}
         options = TrainOptions.from_dict(given)
     else:
         for key, value in given.items():

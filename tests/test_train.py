@@ -217,6 +217,19 @@ def test_no_budget_means_the_default_minutes():
     assert options.minutes == 15 and notices
 
 
+def test_each_cell_gets_its_own_default_learning_rate_unless_one_is_given():
+    lstm, _ = resolve_options({})
+    gru, _ = resolve_options({"cell": "gru"})
+    rnn, _ = resolve_options({"cell": "rnn", "steps": 3})
+    assert (lstm.lr, gru.lr, rnn.lr) == (8e-3, 2e-3, 2e-3)
+    assert lstm.floor_lr == 8e-4 and gru.floor_lr == 2e-4  # the cosine ends at a tenth of each
+    given, _ = resolve_options({"cell": "gru", "lr": 5e-3})
+    assert given.lr == 5e-3
+    # a resumed run keeps the rate it was started with, whatever the cell's default
+    resumed, _ = resolve_options({"minutes": 1.0}, TrainOptions(cell="gru", lr=8e-3, steps=10))
+    assert resumed.lr == 8e-3
+
+
 # --- divergence
 
 

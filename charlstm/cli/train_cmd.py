@@ -23,6 +23,7 @@ from rich.text import Text
 from ..errors import CharLSTMError
 from ..metrics import MetricsError, read_curves
 from ..train import (
+    CELL_LR,
     EvalInfo,
     Hooks,
     StepInfo,
@@ -37,6 +38,7 @@ from .app import app
 from .common import print_curves, stderr_console
 
 D = TrainOptions()  # the defaults, shown in --help (rich markup would eat "[default: ...]")
+_PER_CELL_LR = ", ".join(f"{lr:g} ({cell})" for cell, lr in CELL_LR.items())
 LOG_EVERY_SECONDS = 10.0  # plain output: one progress line this often
 PREVIEW_CHARS = 100
 LOAD_NOTICE_BYTES = 16 << 20  # show corpus-encoding progress from this size (smaller: < 1 s)
@@ -73,7 +75,10 @@ def train_command(
     batch_size: Annotated[
         int | None, typer.Option(help=_default("Parallel streams per step.", D.batch_size))
     ] = None,
-    lr: Annotated[float | None, typer.Option(help=_default("Peak learning rate (Adam).", D.lr))] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help=_default("Peak learning rate (Adam).", _PER_CELL_LR)),
+    ] = None,
     min_lr: Annotated[
         float | None,
         typer.Option(help="Learning rate at the end of the cosine decay. (default: --lr / 10)"),
