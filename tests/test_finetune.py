@@ -16,7 +16,8 @@ from charlstm.data import Vocab
 from charlstm.errors import CheckpointError, ConfigError
 from charlstm.evaluate import _Scorer
 from charlstm.model import ModelConfig, init_params
-from charlstm.train import FINETUNE_DEFAULTS, Hooks, train
+from charlstm.options import FINETUNE_DEFAULTS
+from charlstm.train import Hooks, train
 
 ENV = {"COLUMNS": "100"}
 SOURCE_TEXT = "the cat sat on the mat. a bat ate the hat.\n" * 60

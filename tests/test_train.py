@@ -14,14 +14,9 @@ import pytest
 from charlstm import train as train_module
 from charlstm.checkpoint import load_checkpoint
 from charlstm.errors import CheckpointError, ConfigError, CorpusError, TrainingDivergedError
+from charlstm.options import TrainOptions, resolve_options
 from charlstm.schedule import learning_rate
-from charlstm.train import (
-    Hooks,
-    TrainOptions,
-    last_path_for,
-    resolve_options,
-    train,
-)
+from charlstm.train import Hooks, last_path_for, train
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Café naïve, 中文 😀!\n"

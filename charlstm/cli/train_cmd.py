@@ -22,17 +22,8 @@ from rich.text import Text
 
 from ..errors import CharLSTMError
 from ..metrics import MetricsError, read_curves
-from ..train import (
-    CELL_LR,
-    EvalInfo,
-    Hooks,
-    StepInfo,
-    TrainOptions,
-    TrainResult,
-    default_out_path,
-    last_path_for,
-    train,
-)
+from ..options import CELL_LR, TrainOptions
+from ..train import EvalInfo, Hooks, StepInfo, TrainResult, default_out_path, last_path_for, train
 from . import ranks
 from .app import app
 from .common import print_curves, stderr_console
