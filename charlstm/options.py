@@ -45,8 +45,9 @@ class TrainOptions:
     batch_size: int = 32  # B: parallel streams
     val_frac: float = 0.1  # the last 10% of the text: nanoGPT's tinyshakespeare split
     # optimiser: Adam with decoupled weight decay on matrices only
-    lr: float = 8e-3  # peak, the LSTM's (CELL_LR has each cell's); measured best of 3e-3, 5e-3, 8e-3
-    # on 2x256 (1.88, 1.82, 1.76 at 557 steps)
+    # peak; a new run without --lr takes its cell's from CELL_LR. The LSTM's 8e-3: best of 3e-3,
+    # 5e-3, 8e-3 on 2x256 (1.88, 1.82, 1.76 at 557 steps)
+    lr: float = CELL_LR["lstm"]
     min_lr: float | None = None  # end of the cosine decay; None = lr / 10
     warmup: int = 100  # steps of linear warmup
     weight_decay: float = 0.01
@@ -145,10 +146,8 @@ def resolve_options(
     TrainOptions.from_dict(given)  # unknown keys
     notices: list[str] = []
     if saved is None:
-        cell = given.get("cell", TrainOptions.cell)
-        if "lr" not in given and cell in CELL_LR:
-            given = {**given, "lr": CELL_LR[cell]}
-        options = TrainOptions.from_dict(given)
+        cell = given.get("cell", TrainOptions.cell)  # an unknown one is refused by validate
+        options = TrainOptions.from_dict({"lr": CELL_LR.get(cell, TrainOptions.lr), **given})
     else:
         for key, value in given.items():
             old = getattr(saved, key)
