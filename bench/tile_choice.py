@@ -3,11 +3,12 @@ product the build's geometry serves on the tiles, against the same step with one
 BLAS instead, side by side in one process (alternating steps, median of the pairs).
 
     python bench/tile_choice.py [--sizes 1x128,2x256,2x512] [--threads 1,2] [--pairs 30]
-                                [--isa native,avx2]
+                                [--isa native,avx2] [--candidates window,head]
 
 A ratio above 1 means the tiles make the step faster: BLAS's step time over the tiles'. This is
 the measurement behind charlstm.kernels.tiles.GEOMETRIES' `products` (a product whose tile does
-not make a full step faster goes to BLAS). B=32, T=64, V=65, E=64, float32, dropout 0.1.
+not make a full step faster goes to BLAS). --candidates adds products the geometry does not
+serve yet (tiles.ALL_PRODUCTS), to see whether they would pay. B=32, T=64, V=65, E=64, float32, dropout 0.1.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import numpy as np
 B, T, V, E = 32, 64, 65, 64
 
 
-def step_ratios(layers: int, hidden: int, pairs: int) -> dict[str, float]:
-    """For each product the geometry serves: median over `pairs` of (step time with that product
-    on BLAS) / (step time with it on the tiles)."""
+def step_ratios(layers: int, hidden: int, pairs: int, candidates: frozenset) -> dict[str, float]:
+    """For each product the geometry serves, and each candidate: median over `pairs` of (step
+    time with that product on BLAS) / (step time with it on the tiles, with the others)."""
     from charlstm import model
     from charlstm.kernels import tiles
     from charlstm.model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
@@ -38,6 +39,7 @@ def step_ratios(layers: int, hidden: int, pairs: int) -> dict[str, float]:
     grads = Params.zeros(config)
     x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     served = tiles.GEOMETRY
+    tried = served.products | candidates
 
     def runner(products: frozenset):
         """A step on a workspace whose buffers were laid out with only `products` on tiles."""
@@ -58,10 +60,10 @@ def step_ratios(layers: int, hidden: int, pairs: int) -> dict[str, float]:
         return step
 
     assert model.tiles is tiles
-    on_tiles = runner(served.products)
+    on_tiles = runner(tried)
     ratios = {}
-    for product in sorted(served.products):
-        on_blas = runner(served.products - {product})
+    for product in sorted(tried):
+        on_blas = runner(tried - {product})
         for _ in range(3):  # warm both
             on_tiles(), on_blas()
         ratios[product] = float(np.median([on_blas() / on_tiles() for _ in range(pairs)]))
@@ -74,11 +76,12 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--isa", default="native", help="comma-separated: native, avx2 (see bench/isa.py)")
+    parser.add_argument("--candidates", default="", help="comma-separated products to try on the tiles too")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         layers, hidden, pairs = (int(n) for n in args.child.split(":"))
-        print(json.dumps(step_ratios(layers, hidden, pairs)))
+        print(json.dumps(step_ratios(layers, hidden, pairs, _products(args.candidates))))
         return
 
     print(f"step time with one product on BLAS / with it on the tiles; median of {args.pairs} pairs")
@@ -89,11 +92,21 @@ def main() -> None:
             layers, hidden = (int(n) for n in size.split("x"))
             for threads in (int(n) for n in args.threads.split(",")):
                 cmd = [sys.executable, __file__, "--child", f"{layers}:{hidden}:{args.pairs}"]
+                cmd += ["--candidates", args.candidates]
                 env = isa_env.environment(isa, threads)
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 ratios = json.loads(done.stdout.strip().splitlines()[-1])
                 cells = "  ".join(f"{name} {ratio:.3f}" for name, ratio in ratios.items())
                 print(f"{isa:>6} {size:>7} {threads:>7}  {cells}", flush=True)
+
+
+def _products(names: str) -> frozenset:
+    from charlstm.kernels import tiles
+
+    products = frozenset(name for name in names.split(",") if name)
+    if unknown := products - tiles.ALL_PRODUCTS:
+        raise SystemExit(f"unknown products: {', '.join(sorted(unknown))}")
+    return products
 
 
 if __name__ == "__main__":

@@ -245,9 +245,17 @@ class _TrainBuffers:
         # The state before each step, for dWh: a row per stream for the backward's steps when
         # the register tiles serve there (see _step_gradients_serve), else feature-major for
         # one BLAS product; the other left empty
-        in_steps = _step_gradients_serve(H, U, dtype)
-        self.h_prev = np.empty((L, 0 if in_steps else H, T, B), dtype=dtype)
-        self.h_prev_rows = np.empty((L, T if in_steps else 0, B, H), dtype=dtype)
+        self.dWh_in_steps = _step_gradients_serve(H, U, dtype)
+        # The weight gradients dWh and dWx: on the register tiles over the window from the
+        # backward's step-major dz when they serve (kernels.add_steps_weight_gradient; x a row
+        # per stream, h_prev_rows and x_rows), else one BLAS product each from the
+        # feature-major dz, h_prev and x_drop
+        self.gradients_tiled = not self.dWh_in_steps and _window_gradients_serve(H, U, dtype)
+        rows = self.dWh_in_steps or self.gradients_tiled
+        self.h_prev = np.empty((L, 0 if rows else H, T, B), dtype=dtype)
+        self.h_prev_rows = np.empty((L, T if rows else 0, B, H), dtype=dtype)
+        self.x_rows = np.empty((T * B if self.gradients_tiled and L > 1 else 0, H), dtype=dtype)
+        self.gradient_chunk = max(1, GRADIENT_CHUNK_BYTES // (B * H * np.dtype(dtype).itemsize))
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
@@ -264,20 +272,28 @@ class _TrainBuffers:
         # measured CPU's do today, see tiles.GEOMETRIES):
         # packed like Wh, for the step kernels' own tile products x_t·Wx and Wx·dz_t, where the
         # layer below's output and the gradient passed down stay step-major (`steps`, two
-        # alternating buffers). Otherwise transposed for BLAS: one window-wide product each
-        # way, through the feature-major `proj` and `dh` (the tiles on those window-wide
-        # products measured 10% faster alone, but a full step at 2x256 5% slower on one
-        # thread: their x, rows T*B apart, does not stay in cache). The head's
+        # alternating buffers). Windowed (tiles.WINDOW, AVX-512): packed in tiles of rows
+        # (Wx.T, and Wx), for one product over the window each way on the same step-major
+        # buffers (kernels.tiled_steps_product: the gates' act, the layer below's h and dh,
+        # the backward's dz_steps). Otherwise transposed for BLAS: one window-wide product each
+        # way, through the feature-major `proj` and `dh` (the tiles on feature-major x
+        # measured no faster: its rows, T*B apart, do not stay in cache). The head's
         # W: in tiles of rows for kernels.tiled_matmul when they serve (head.W.T, padded with
         # zero rows to whole tiles, for the logits; head.W for dh), else transposed for BLAS
         # (whose backward reads head.W itself). Whether the tiles serve the head (and dWh in the
         # steps) is the compile target's measured choice: tiles.GEOMETRIES.
         self.coupled = L > 1 and tiled and tiles.serve(tiles.COUPLING, 4 * Hu, B, dtype)
         coupled = self.coupled
+        self.windowed = (
+            L > 1 and not coupled and all(tiles.serve(tiles.WINDOW, M, B, dtype) for M in (4 * H, H))
+        )
+        windowed = self.windowed
+        self.Wx_window = np.empty((tiles.tiles_of(4 * H) if windowed else 0, H, R), dtype=dtype)
+        self.Wx_rows_window = np.empty((tiles.tiles_of(H) if windowed else 0, 4 * H, R), dtype=dtype)
         self.Wx_packed = np.empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
         self.Wx_rows_packed = np.empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
-        self.Wx_T = np.empty((0 if coupled else 4 * H, H), dtype=dtype)
-        self.proj = np.empty((0 if coupled else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
+        self.Wx_T = np.empty((0 if coupled or windowed else 4 * H, H), dtype=dtype)
+        self.proj = np.empty((0 if coupled or windowed else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
         head_tiled = tiles.serve(tiles.HEAD, H, B, dtype)
         self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
@@ -289,7 +305,9 @@ class _TrainBuffers:
         self.logits_padded = np.empty((V_rows, T * B), dtype=dtype)
         self.logits_T = self.logits_padded[:V]
         self.dlogits_T = np.empty((V, T * B), dtype=dtype)
-        self.dz = np.empty((4 * H, T, B), dtype=dtype)
+        # dz feature-major, for the products on BLAS that read it (see _wants_dz)
+        dz_read = not self.gradients_tiled or (L > 1 and not coupled and not windowed)
+        self.dz = np.empty((4 * H if dz_read else 0, T, B), dtype=dtype)
         self.dh = np.empty((H, T, B), dtype=dtype)
         self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
         # Step-major h of a layer (forward), dh of a layer (backward): with the layers coupled
@@ -402,6 +420,12 @@ def _train_forward(
                 below = _steps_of(tb, layer - 1)
                 kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2))
             kernels.pack_into_bands(tb.Wx_packed, Wx)
+        elif tb.windowed:  # x·Wx on the tiles over the window, from the same step-major output
+            below = _steps_of(tb, layer - 1)
+            if ws.dropout_on:
+                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2))
+            kernels.pack_rows(tb.Wx_window, Wx.T, 4 * H, U)
+            kernels.tiled_steps_product(tb.act[layer], tb.Wx_window, below, U)
         else:
             kernels.transpose_into(tb.Wx_T, Wx, U)
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
@@ -450,7 +474,7 @@ def _train_backward(
     for layer in range(L - 1, -1, -1):
         # dh from above: feature-major from the head or BLAS, or step-major in the layer's
         # steps from the layer above's backward (coupled)
-        from_steps = tb.coupled and layer < L - 1
+        from_steps = (tb.coupled or tb.windowed) and layer < L - 1
         dh_steps = _steps_of(tb, layer)
         if ws.dropout_on and from_steps:
             kernels.apply_dropout(dh_steps, dh_steps, ws.masks_fm[layer].transpose(1, 0, 2))
@@ -461,22 +485,25 @@ def _train_backward(
             tb.dtable_T[...] = 0.0
         if tb.Wh_rows_packed.shape[1] > 0:  # the backward's step products on tiles of Wh's rows
             kernels.pack_bands(tb.Wh_rows_packed, params[f"lstm.{layer}.Wh"])
-        dWh_in_steps = tb.h_prev_rows.shape[1] > 0
         work = _transposed_gradient(tb, 4 * H, H)
-        # dz feature-major for the products that follow, if any: dWh's when it is not done in
-        # the steps, and the layer below's
-        dz_wanted = tb.dz if layer > 0 or not dWh_in_steps else tb.dz[:0]
+        dz_wanted = tb.dz if _wants_dz(tb, layer) else tb.dz[:0]
+        h_prev_rows = tb.h_prev_rows[layer] if tb.dWh_in_steps else tb.h_prev_rows[layer, :0]
         if tb.coupled and layer > 0:
             kernels.pack_bands(tb.Wx_rows_packed, Wx)
         dx_steps, Wx_rows_packed = _coupling_of(tb, layer, tb.Wx_rows_packed)
         kernels.lstm_train_backward(
             dz_wanted, grads[f"lstm.{layer}.b"], grads[f"lstm.{layer}.Wh"], work,
             tb.dh[:0] if from_steps else tb.dh, tb.act[layer], tb.c_steps[layer], params[f"lstm.{layer}.Wh"],
-            tb.Wh_rows_packed, tb.c0[layer], tb.h_prev_rows[layer], tb.dz_steps, dh_steps, tb.dtable_T,
+            tb.Wh_rows_packed, tb.c0[layer], h_prev_rows, tb.dz_steps, dh_steps, tb.dtable_T,
             _tokens_of(ws, layer), dx_steps, Wx_rows_packed, U, tb.meeting,
         )  # fmt: skip
-        dz = tb.dz.reshape(4 * H, T * B)
-        if not dWh_in_steps:
+        dz = tb.dz.reshape(-1, T * B)
+        if tb.gradients_tiled:
+            h_prev_rows = tb.h_prev_rows[layer].reshape(T * B, H)
+            kernels.add_steps_weight_gradient(
+                grads[f"lstm.{layer}.Wh"], tb.dz_steps, h_prev_rows, work, tb.gradient_chunk, U
+            )
+        elif not tb.dWh_in_steps:
             h_prev = tb.h_prev[layer].reshape(H, T * B)
             kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
@@ -485,11 +512,41 @@ def _train_backward(
             else:
                 kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
+        elif tb.gradients_tiled:
+            kernels.transpose_into(tb.x_rows, _train_output(ws, tb, layer - 1), U)
+            kernels.add_steps_weight_gradient(dWx, tb.dz_steps, tb.x_rows, work, tb.gradient_chunk, U)
         else:
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
-            if not tb.coupled:  # else lstm_train_backward passed it down step-major
+        if layer > 0:
+            if tb.windowed:  # the gradient w.r.t. the layer below's output, step-major
+                kernels.pack_rows(tb.Wx_rows_window, Wx, H, U)
+                kernels.tiled_steps_product(_steps_of(tb, layer - 1), tb.Wx_rows_window, tb.dz_steps, U)
+            elif not tb.coupled:  # else lstm_train_backward passed it down step-major
                 kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
     return loss
+
+
+def _wants_dz(tb: _TrainBuffers, layer: int) -> bool:
+    """Whether a product after the layer's backward reads dz feature-major: dWh and dWx on BLAS
+    (dWh unless added up in the steps; dWx above the first layer), and the gradient passed
+    down on BLAS (neither windowed nor coupled)."""
+    gradients = not tb.gradients_tiled and (layer > 0 or not tb.dWh_in_steps)
+    return gradients or (layer > 0 and not tb.coupled and not tb.windowed)
+
+
+# The rows of x (chunk * B streams) kernels.add_steps_weight_gradient keeps in cache at a time
+GRADIENT_CHUNK_BYTES = 128 * 1024
+WINDOW_GRADIENT_BYTES = 1024 * 1024  # the most of dW_T (4H, H) a thread adds up on the tiles
+
+
+def _window_gradients_serve(H: int, bands: int, dtype: np.dtype) -> bool:
+    """Whether the weight gradients go on the register tiles over the window
+    (kernels.add_steps_weight_gradient): the compile target's geometry serves them
+    (tiles.GEOMETRIES), and each thread's rows of dW_T fit WINDOW_GRADIENT_BYTES (in a full
+    step on a Zen 4, against OpenBLAS's SkylakeX kernels: 2-5% faster with 1 MiB a thread or
+    less, 1x128 and 2x256; neutral to 1% slower with 2-4 MiB, 2x512)."""
+    fits = 4 * H * H * np.dtype(dtype).itemsize // bands <= WINDOW_GRADIENT_BYTES
+    return fits and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
 
 
 STEP_GRADIENT_BYTES = 512 * 1024  # most of a thread's rows of dWh_T one core's L2 cache keeps

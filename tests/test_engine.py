@@ -298,18 +298,26 @@ TILED = {  # bands of 8 or 16 units: on AVX2's 6-row tiles, with tails
 }
 
 
-@pytest.mark.parametrize("products", ["served", "all"])
+PRODUCT_SETS = {  # what the tests put on the tiles besides the build's own choice
+    "coupled": tiles.ALL_PRODUCTS - {tiles.WINDOW, tiles.WINDOW_GRADIENT},
+    "windowed": frozenset({tiles.STEP, tiles.HEAD, tiles.WINDOW, tiles.WINDOW_GRADIENT}),
+}
+
+
+@pytest.mark.parametrize("products", ["served", *PRODUCT_SETS])
 @pytest.mark.parametrize("config", TILED.values(), ids=TILED.keys())
 @pytest.mark.parametrize("bands", [1, 2])
 def test_float32_training_on_register_tiles_matches_the_reference(bands, config, products, monkeypatch):
     """float32, whole tiles of units and streams: the recurrent products of both passes run
-    on the register tiles (kernels.step_product); with "all", so do the products the build
-    leaves to BLAS where the tiles measured no faster: the head's (kernels.tiled_matmul, V = 7
-    rows padded to whole tiles) and dWh's (in the backward's steps). Loss and gradients still
-    match the float64 reference to float32 precision, with dropout too."""
+    on the register tiles (kernels.step_product); with the other product sets, so do those the
+    build may leave to BLAS where the tiles measured no faster: the head's (kernels.tiled_matmul,
+    V = 7 rows padded to whole tiles), and either ("coupled") dWh in the backward's steps and
+    the products between layers inside the steps, or ("windowed") those between layers over
+    the window and the weight gradients from the step-major dz. Loss and gradients still match
+    the float64 reference to float32 precision, with dropout too."""
     served = tiles.GEOMETRY
-    if products == "all":
-        monkeypatch.setattr(tiles, "GEOMETRY", dataclasses.replace(served, products=tiles.ALL_PRODUCTS))
+    if products in PRODUCT_SETS:
+        monkeypatch.setattr(tiles, "GEOMETRY", dataclasses.replace(served, products=PRODUCT_SETS[products]))
     T, B = 5, 16
     params, inputs, targets, h0, c0 = make_case(config, T, B, seed=31)
     loss, grads, ws = run_loss_and_grad(params.astype(np.float32), inputs, targets, h0, c0, bands)
@@ -318,10 +326,18 @@ def test_float32_training_on_register_tiles_matches_the_reference(bands, config,
     assert (tb.Wh_packed.shape[1] > 0 and tb.Wh_rows_packed.shape[1] > 0) == geometry.serves(tiles.STEP)
     head_tiled = tb.head_packed.shape[0] * tiles.ROWS == -(-7 // tiles.ROWS) * tiles.ROWS  # V = 7, padded
     assert (head_tiled and tb.head_rows_packed.shape[0] > 0) == geometry.serves(tiles.HEAD)
-    in_steps = tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # dWh in the backward's steps
+    in_steps = tb.dWh_in_steps  # dWh in the backward's steps
     assert in_steps == geometry.serves(tiles.STEP_GRADIENT)
     coupled = tb.Wx_packed.shape[1] > 0 and tb.Wx_rows_packed.shape[1] > 0 and tb.proj.shape[0] == 0
     assert coupled == tb.coupled == geometry.serves(tiles.COUPLING)
+    windowed = tb.Wx_window.shape[0] > 0 and tb.Wx_rows_window.shape[0] > 0 and tb.proj.shape[0] == 0
+    assert windowed == tb.windowed == (geometry.serves(tiles.WINDOW) and not coupled)
+    tiled_gradients = tb.gradients_tiled
+    assert tiled_gradients == (geometry.serves(tiles.WINDOW_GRADIENT) and not in_steps)
+    assert tiled_gradients <= (tb.x_rows.shape[0] > 0)
+    rows = tb.h_prev_rows.shape[1] > 0 and tb.h_prev.shape[1] == 0  # h_prev a row per stream
+    assert rows == (in_steps or tiled_gradients)
+    assert (tb.dz.shape[0] == 0) == (tiled_gradients and (windowed or coupled))  # nothing reads dz
     masks = reference_masks(ws)
     assert (masks is not None) == (config.dropout > 0)
     ref_loss, ref_grads = reference.loss_and_grad(as_weights(params), inputs, targets, h0, c0, masks)

@@ -77,9 +77,9 @@ def packed_reference(W, g):
 
 @functools.cache
 def products_of(isa):
-    """njit callers of geometry isa's product and add_product."""
+    """njit callers of geometry isa's product, add_product and add_product_of_steps."""
     built = tiles.build(tiles.GEOMETRIES[isa])
-    product, add_product = built.product, built.add_product
+    product, add_product, add_product_of_steps = built.product, built.add_product, built.add_product_of_steps
 
     @numba.njit
     def run_product(out, W_packed, x):
@@ -89,7 +89,11 @@ def products_of(isa):
     def run_add_product(out, W, x):
         add_product(out, W, x)
 
-    return run_product, run_add_product
+    @numba.njit
+    def run_add_product_of_steps(out, W_steps, x):
+        add_product_of_steps(out, W_steps, x)
+
+    return run_product, run_add_product, run_add_product_of_steps
 
 
 def within(out, expected, scale, rtol):
@@ -110,7 +114,7 @@ def test_every_geometry_multiplies_like_the_formula(isa, dtype, rtol):
     """tiles.product from the documented packing: float32 on the register tiles, float64 on the
     plain loop of the same meaning; out and x column slices of wider arrays."""
     g = tiles.GEOMETRIES[isa]
-    run_product, _ = products_of(isa)
+    run_product, _, _ = products_of(isa)
     rng = np.random.default_rng(len(isa))
     for M, N in shapes(g):
         K = 37
@@ -129,7 +133,7 @@ def test_every_geometry_adds_a_product_of_weights_read_in_place(isa, dtype, rtol
     """tiles.add_product: out += W · x with W every other row of a bigger array (as the
     backward reads a band's gate rows of a step's dz) and out, x column slices."""
     g = tiles.GEOMETRIES[isa]
-    _, run_add_product = products_of(isa)
+    _, run_add_product, _ = products_of(isa)
     rng = np.random.default_rng(3)
     for M, N in shapes(g):
         K = 24
@@ -142,6 +146,29 @@ def test_every_geometry_adds_a_product_of_weights_read_in_place(isa, dtype, rtol
         scale = np.abs(start[:, :N]) + np.abs(W64) @ np.abs(x64)
         assert within(out[:, :N], start[:, :N] + W64 @ x64, scale, rtol), (M, N)
         assert np.array_equal(out[:, N:], start[:, N:]), (M, N)  # nothing written past the slice
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)], ids=["tiles", "loop"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_geometry_adds_a_product_over_steps(isa, dtype, rtol):
+    """tiles.add_product_of_steps: out += the sum over s of W_steps[s] · x[s*Kp : (s+1)*Kp],
+    one product with K = S*Kp and W in S blocks (a band's gate rows of several steps of dz, as
+    add_steps_weight_gradient reads them); out and x column slices."""
+    g = tiles.GEOMETRIES[isa]
+    _, _, run_add_product_of_steps = products_of(isa)
+    rng = np.random.default_rng(4)
+    for M, N in shapes(g):
+        S, Kp = 3, 8
+        W_steps = rng.normal(size=(S, M + 5, Kp)).astype(dtype)[:, 2 : 2 + M]  # rows of bigger blocks
+        x = rng.normal(size=(S * Kp, N + g.lanes)).astype(dtype)[:, g.lanes :]
+        start = rng.normal(size=(M, N + g.lanes)).astype(dtype)
+        out = start.copy()
+        run_add_product_of_steps(out[:, :N], W_steps, x)
+        W64 = np.concatenate(list(W_steps.astype(np.float64)), axis=1)  # (M, S*Kp)
+        x64 = x.astype(np.float64)
+        scale = np.abs(start[:, :N]) + np.abs(W64) @ np.abs(x64)
+        assert within(out[:, :N], start[:, :N] + W64 @ x64, scale, rtol), (M, N)
+        assert np.array_equal(out[:, N:], start[:, N:]), (M, N)
 
 
 def test_the_targets_packing_is_the_documented_layout():
@@ -188,6 +215,39 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
     assert np.all(out[M:] == 0.0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
+    """kernels.tiled_steps_product (x·Wx and Wx·dz over a window, step-major) and
+    add_steps_weight_gradient (dW from step-major dz and x a row per stream) on the target's
+    tiles: rows in `threads` bands of whole tiles, the tails (AVX2) in the last; 5 steps in
+    chunks of 2 for the gradient, the last chunk short."""
+    g = tiles.GEOMETRY
+    rng = np.random.default_rng(20 + threads)
+    T, B, K = 5, 2 * g.lanes, 24
+    M = 6 * g.rows + 2 * g.tail_rows  # tails on AVX2
+    W = rng.normal(size=(K, M)).astype(np.float32).T  # a transposed view, as Wx.T
+    x = rng.normal(size=(T, K, B)).astype(np.float32)
+    W_packed = np.full((sum(tiles.tile_count(g, M)), K, g.rows), np.nan, np.float32)
+    kernels.pack_rows(W_packed, W, M, threads)
+    out = np.full((T, M, B), np.nan, np.float32)
+    with numba_threads(threads):
+        kernels.tiled_steps_product(out, W_packed, x, threads)
+    W64, x64 = W.astype(np.float64), x.astype(np.float64)
+    assert within(out, W64 @ x64, np.abs(W64) @ np.abs(x64), 1e-5)
+
+    width = 3 * g.lanes  # the gradient's columns: whole vectors, a narrower tile after on AVX-512
+    dz = rng.normal(size=(T, M, B)).astype(np.float32)  # dz_steps (T, G, B), G = M
+    x_rows = rng.normal(size=(T * B, width)).astype(np.float32)
+    start = rng.normal(size=(width, M)).astype(np.float32)
+    dW, work = start.copy(), np.full((M, width), np.nan, np.float32)
+    with numba_threads(threads):
+        kernels.add_steps_weight_gradient(dW, dz, x_rows, work, 2, threads)
+    dz64 = dz.astype(np.float64).transpose(1, 0, 2).reshape(M, T * B)  # feature-major
+    x64 = x_rows.astype(np.float64)
+    scale = np.abs(start) + np.abs(x64.T) @ np.abs(dz64.T)
+    assert within(dW, start + x64.T @ dz64.T, scale, 1e-5)
+
+
 def run_tests_in_subprocess(tmp_path, env, *pytest_args):
     """pytest on tests/ in a fresh interpreter with `env` added and numba's cache in tmp_path
     (a geometry forced by CHARLSTM_TILES is unknown to numba's own cache keys)."""
@@ -215,6 +275,7 @@ TRAINING_TESTS = (
     "test_engine.py::test_units_in_bands_train_like_the_reference",
     "test_tiles.py::test_the_targets_packing_is_the_documented_layout",
     "test_tiles.py::test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands",
+    "test_tiles.py::test_window_products_on_tiles_in_bands_of_whole_tiles",
     "test_torch_parity.py",
 )
 

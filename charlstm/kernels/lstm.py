@@ -81,7 +81,10 @@ def _activate_cell(h, c, z, c_prev):
 # serves it): above the first layer, x_t·Wx and the gradient passed down, Wx·dz_t, become tile
 # products inside the steps, on the layer below's step-major h and dh, with no window-wide
 # product and no layout copy between the layers. It costs Wx read once a step instead of once
-# a window, and no measured CPU has yet gained from it (see tiles.GEOMETRIES).
+# a window, and no measured CPU has yet gained from it (see tiles.GEOMETRIES). Or windowed
+# (tiles.WINDOW): the same products on the same step-major buffers, each one tile product
+# over the window between the layers' step kernels (products.tiled_steps_product), which pays
+# on AVX-512.
 # The window-wide products are split by rows of their output (matmul_rows) on the same pool;
 # BLAS itself runs on one thread (model.loss_and_grad sees to it), else its own pool would spin
 # between calls and fight numba's for the cores. U = 1 is the serial path, the same code.
@@ -273,6 +276,7 @@ def lstm_train_backward(
     Hu = H // U
     dh_next = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dh_t through Wh.T·h_t at t+1
     dc = np.zeros((H, B), dtype=dz.dtype)  # dLoss/dc_t, carried backwards through f
+    dz_sums = np.zeros((G, B), dtype=dz.dtype)  # each stream's dz summed over the steps, for db
     with_dWh = h_prev_rows.shape[0] > 0
     with_dx = Wx_rows_packed.shape[1] > 0
     Iu = dx_steps.shape[1] // U  # a band's rows of dx_steps
@@ -288,6 +292,7 @@ def lstm_train_backward(
                 dWh_T[q * H + lo : q * H + hi] = 0.0
         for t in range(T - 1, -1, -1):
             _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi)
+            _add_gate_rows(dz_sums, dz_steps[t], lo, hi)
             if tokens.shape[0] > 0:
                 _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi)
             if with_dWh:
@@ -303,7 +308,9 @@ def lstm_train_backward(
             if with_dx:
                 for v in range(first, last):
                     tiles.product(dx_steps[t, v * Iu : (v + 1) * Iu], Wx_rows_packed[v], dz_steps[t])
-        _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi)
+        _add_stream_sums(db, dz_sums, lo, hi)
+        if dz.shape[0] > 0:
+            _gate_rows_to_feature_major(dz, dz_steps, lo, hi)
         if with_dWh:
             for q in range(4):
                 _transpose(dWh[:, q * H + lo : q * H + hi], dWh_T[q * H + lo : q * H + hi], True)
@@ -359,27 +366,42 @@ def _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gate_rows_to_feature_major(dz, db, dz_steps, lo, hi):
-    """dz (4H, T, B) = dz_steps (T, 4H, B) for the gate rows of units lo .. hi-1 (unless dz
-    is empty), adding their sums to db (4H,): one running sum per stream, in dz's precision,
-    over the T steps (so that the additions vectorise along the row instead of each waiting
-    on the last), then the B stream sums added in float64."""
-    T, G, B = dz_steps.shape
-    H = G // 4
-    per_stream = np.empty(B, dtype=dz.dtype)
-    copy = dz.shape[0] > 0
+def _add_gate_rows(sums, dzt, lo, hi):
+    """sums (4H, B) += dzt (4H, B) on the gate rows of units lo .. hi-1: a running sum per
+    stream over the steps, added while the step's dz is in cache (it vectorises along the row
+    instead of each addition waiting on the last)."""
+    H = sums.shape[0] // 4
+    B = sums.shape[1]
     for q in range(4):
         for k in range(q * H + lo, q * H + hi):
-            per_stream[:] = 0.0
+            acc = sums[k]
+            src = dzt[k]
+            for r in range(B):
+                acc[r] += src[r]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _add_stream_sums(db, sums, lo, hi):
+    """db (4H,) += the B stream sums of sums (4H, B), added in float64, for the gate rows of
+    units lo .. hi-1."""
+    H = sums.shape[0] // 4
+    for q in range(4):
+        for k in range(q * H + lo, q * H + hi):
+            total = 0.0
+            for r in range(sums.shape[1]):
+                total += sums[k, r]
+            db[k] += total
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _gate_rows_to_feature_major(dz, dz_steps, lo, hi):
+    """dz (4H, T, B) = dz_steps (T, 4H, B) for the gate rows of units lo .. hi-1."""
+    T, G, B = dz_steps.shape
+    H = G // 4
+    for q in range(4):
+        for k in range(q * H + lo, q * H + hi):
             for t in range(T):
                 src = dz_steps[t, k]
+                dst = dz[k, t]
                 for r in range(B):
-                    per_stream[r] += src[r]
-                if copy:
-                    dst = dz[k, t]
-                    for r in range(B):
-                        dst[r] = src[r]
-            total = 0.0
-            for r in range(B):
-                total += per_stream[r]
-            db[k] += total
+                    dst[r] = src[r]

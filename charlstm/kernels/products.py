@@ -115,3 +115,46 @@ def tiled_matmul(out, W_packed, x, threads):
         lo = p * vectors // threads * tiles.LANES
         hi = (p + 1) * vectors // threads * tiles.LANES
         tiles.product(out[:, lo:hi], W_packed, x[:, lo:hi])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def tiled_steps_product(out, W_packed, x, threads):
+    """out (T, M, B)[t] = W (M, K) · x (T, K, B)[t] for every step t: a window-wide product in
+    the step kernels' step-major layout, on the register tiles from W packed as for
+    step_product (pack_rows). Each x[t] is one contiguous block, in cache while every tile
+    of a band reads it (feature-major, rows T*B apart, it does not stay there). In `threads`
+    bands of whole tiles (_band_of_tiles), one per numba thread."""
+    T, M, _ = out.shape
+    for p in prange(threads):
+        first, last, lo, hi = _band_of_tiles(p, threads, M)
+        for t in range(T):
+            tiles.product(out[t, lo:hi], W_packed[first:last], x[t])
+
+
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def add_steps_weight_gradient(dW, dz_steps, x_rows, dW_T, chunk, threads):
+    """dW (I, G) += x (I, T*B) · dz (G, T*B).T: a weight gradient over the window, from the
+    backward's step-major dz_steps (T, G, B) and x a row per stream, x_rows (T*B, I) t-major.
+    Computed as its transpose dW_T (G, I) = the sum over t of dz_steps[t] · x_rows[t*B:(t+1)*B]
+    on the register tiles (tiles.add_product_of_steps, dz read in place), K = T*B in chunks of
+    `chunk` steps whose rows of x_rows stay in cache while every tile reads them; then added
+    in transposed. In `threads` bands of whole tiles of G rows. dW_T: work, C-contiguous."""
+    T, G, B = dz_steps.shape
+    for p in prange(threads):
+        first, last, lo, hi = _band_of_tiles(p, threads, G)
+        dW_T[lo:hi] = 0.0
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            tiles.add_product_of_steps(dW_T[lo:hi], dz_steps[t0:t1, lo:hi], x_rows[t0 * B : t1 * B])
+        _transpose(dW[:, lo:hi], dW_T[lo:hi], True)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _band_of_tiles(p, threads, M):
+    """Band p of `threads` over the tiles of a product of M rows (tiles.plan): (first, last)
+    its tiles, (lo, hi) its rows; whole tiles split evenly, the tail tiles in the last band."""
+    full, tails = tiles.plan(M)
+    first, last = p * full // threads, (p + 1) * full // threads
+    if p < threads - 1:
+        return first, last, first * tiles.ROWS, last * tiles.ROWS
+    return first, full + tails, first * tiles.ROWS, M
