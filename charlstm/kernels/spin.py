@@ -15,6 +15,7 @@ same order, so the results do not depend on which way it went.
 
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -106,12 +107,14 @@ def join_team(meeting, team, patience):
 @njit(cache=True, nogil=True)
 def share(how, member, team):
     """(first, last): the members whose work this thread does after join_team said `how`:
-    its own when TOGETHER, all of them when ALONE, none when NOTHING."""
+    its own when TOGETHER, all of them when ALONE, none when NOTHING. Signed integers on
+    every path: prange's index is unsigned, and numba unifies unsigned with signed integers
+    as float64, which made every band bound and row index that followed a float."""
     if how == TOGETHER:
-        return member, member + 1
+        return np.int64(member), np.int64(member) + 1
     if how == ALONE:
-        return 0, team
-    return 0, 0
+        return np.int64(0), np.int64(team)
+    return np.int64(0), np.int64(0)
 
 
 @njit(cache=True, nogil=True)
