@@ -246,16 +246,18 @@ class _TrainBuffers:
         # the register tiles serve there (see _step_gradients_serve), else feature-major for
         # one BLAS product; the other left empty
         self.dWh_in_steps = _step_gradients_serve(H, U, dtype)
-        # The weight gradients dWh and dWx: on the register tiles over the window from the
-        # backward's step-major dz when they serve (kernels.add_steps_weight_gradient; x a row
-        # per stream, h_prev_rows and x_rows), else one BLAS product each from the
-        # feature-major dz, h_prev and x_drop
-        self.gradients_tiled = not self.dWh_in_steps and _window_gradients_serve(H, U, dtype)
-        rows = self.dWh_in_steps or self.gradients_tiled
+        rows = self.dWh_in_steps
         self.h_prev = np.empty((L, 0 if rows else H, T, B), dtype=dtype)
         self.h_prev_rows = np.empty((L, T if rows else 0, B, H), dtype=dtype)
-        self.x_rows = np.empty((T * B if self.gradients_tiled and L > 1 else 0, H), dtype=dtype)
-        self.gradient_chunk = max(1, GRADIENT_CHUNK_BYTES // (B * H * np.dtype(dtype).itemsize))
+        # The weight gradients dWh and dWx: on the register tiles over the window when they
+        # serve (kernels.add_tiled_weight_gradient: the backward's dz packed in tiles of rows
+        # once a layer for both, x packed in panels), else one BLAS product each from the
+        # feature-major dz; x is h_prev or the layer below's output, feature-major, either way
+        self.gradients_tiled = not rows and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
+        gradients_tiled = self.gradients_tiled
+        self.dz_packed = np.empty((tiles.tiles_of(4 * H) if gradients_tiled else 0, T * B, tiles.ROWS), dtype)
+        panels = -(-H // tiles.COLUMNS) if gradients_tiled else 0
+        self.x_panels = np.empty((panels, T * B, tiles.COLUMNS), dtype=dtype)
         self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
         self.h0 = np.empty((L, H, B), dtype=dtype)
         self.c0 = np.empty((L, H, B), dtype=dtype)
@@ -272,7 +274,7 @@ class _TrainBuffers:
         # measured CPU's do today, see tiles.GEOMETRIES):
         # packed like Wh, for the step kernels' own tile products x_t·Wx and Wx·dz_t, where the
         # layer below's output and the gradient passed down stay step-major (`steps`, two
-        # alternating buffers). Windowed (tiles.WINDOW, AVX-512): packed in tiles of rows
+        # alternating buffers). Windowed (tiles.WINDOW, x86): packed in tiles of rows
         # (Wx.T, and Wx), for one product over the window each way on the same step-major
         # buffers (kernels.tiled_steps_product: the gates' act, the layer below's h and dh,
         # the backward's dz_steps). Otherwise transposed for BLAS: one window-wide product each
@@ -498,13 +500,12 @@ def _train_backward(
             _tokens_of(ws, layer), dx_steps, Wx_rows_packed, U, tb.meeting,
         )  # fmt: skip
         dz = tb.dz.reshape(-1, T * B)
-        if tb.gradients_tiled:
-            h_prev_rows = tb.h_prev_rows[layer].reshape(T * B, H)
-            kernels.add_steps_weight_gradient(
-                grads[f"lstm.{layer}.Wh"], tb.dz_steps, h_prev_rows, work, tb.gradient_chunk, U
-            )
+        h_prev = tb.h_prev[layer].reshape(-1, T * B)  # (H, T*B), unless dWh was added up in the steps
+        if tb.gradients_tiled:  # dz in the tiles' rows, once for dWh and dWx
+            kernels.pack_step_rows(tb.dz_packed, tb.dz_steps, U)
+            dWh = grads[f"lstm.{layer}.Wh"]
+            kernels.add_tiled_weight_gradient(dWh, tb.dz_packed, h_prev, tb.x_panels, work, U)
         elif not tb.dWh_in_steps:
-            h_prev = tb.h_prev[layer].reshape(H, T * B)
             kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
             if config.embed == 0:
@@ -513,8 +514,9 @@ def _train_backward(
                 kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         elif tb.gradients_tiled:
-            kernels.transpose_into(tb.x_rows, _train_output(ws, tb, layer - 1), U)
-            kernels.add_steps_weight_gradient(dWx, tb.dz_steps, tb.x_rows, work, tb.gradient_chunk, U)
+            kernels.add_tiled_weight_gradient(
+                dWx, tb.dz_packed, _train_output(ws, tb, layer - 1), tb.x_panels, work, U
+            )
         else:
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
         if layer > 0:
@@ -532,21 +534,6 @@ def _wants_dz(tb: _TrainBuffers, layer: int) -> bool:
     down on BLAS (neither windowed nor coupled)."""
     gradients = not tb.gradients_tiled and (layer > 0 or not tb.dWh_in_steps)
     return gradients or (layer > 0 and not tb.coupled and not tb.windowed)
-
-
-# The rows of x (chunk * B streams) kernels.add_steps_weight_gradient keeps in cache at a time
-GRADIENT_CHUNK_BYTES = 128 * 1024
-WINDOW_GRADIENT_BYTES = 1024 * 1024  # the most of dW_T (4H, H) a thread adds up on the tiles
-
-
-def _window_gradients_serve(H: int, bands: int, dtype: np.dtype) -> bool:
-    """Whether the weight gradients go on the register tiles over the window
-    (kernels.add_steps_weight_gradient): the compile target's geometry serves them
-    (tiles.GEOMETRIES), and each thread's rows of dW_T fit WINDOW_GRADIENT_BYTES (in a full
-    step on a Zen 4, against OpenBLAS's SkylakeX kernels: 2-5% faster with 1 MiB a thread or
-    less, 1x128 and 2x256; neutral to 1% slower with 2-4 MiB, 2x512)."""
-    fits = 4 * H * H * np.dtype(dtype).itemsize // bands <= WINDOW_GRADIENT_BYTES
-    return fits and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
 
 
 STEP_GRADIENT_BYTES = 512 * 1024  # most of a thread's rows of dWh_T one core's L2 cache keeps

@@ -77,9 +77,9 @@ def packed_reference(W, g):
 
 @functools.cache
 def products_of(isa):
-    """njit callers of geometry isa's product, add_product and add_product_of_steps."""
+    """njit callers of geometry isa's product, add_product and product_of_panels."""
     built = tiles.build(tiles.GEOMETRIES[isa])
-    product, add_product, add_product_of_steps = built.product, built.add_product, built.add_product_of_steps
+    product, add_product, product_of_panels = built.product, built.add_product, built.product_of_panels
 
     @numba.njit
     def run_product(out, W_packed, x):
@@ -90,10 +90,10 @@ def products_of(isa):
         add_product(out, W, x)
 
     @numba.njit
-    def run_add_product_of_steps(out, W_steps, x):
-        add_product_of_steps(out, W_steps, x)
+    def run_product_of_panels(out, W_packed, x_panels, first, last):
+        product_of_panels(out, W_packed, x_panels, first, last)
 
-    return run_product, run_add_product, run_add_product_of_steps
+    return run_product, run_add_product, run_product_of_panels
 
 
 def within(out, expected, scale, rtol):
@@ -148,27 +148,43 @@ def test_every_geometry_adds_a_product_of_weights_read_in_place(isa, dtype, rtol
         assert np.array_equal(out[:, N:], start[:, N:]), (M, N)  # nothing written past the slice
 
 
+def panels_reference(x, width):
+    """x (K, N) in panels (J, K, width) as pack_panels lays out x.T: panel j holds columns
+    j*width .. of x, the last one those left (its other columns NaN, never read)."""
+    K, N = x.shape
+    J = -(-N // width)
+    out = np.full((J, K, width), np.nan, dtype=x.dtype)
+    for j in range(J):
+        n = min(width, N - j * width)
+        out[j, :, :n] = x[:, j * width : j * width + n]
+    return out
+
+
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)], ids=["tiles", "loop"])
 @pytest.mark.parametrize("isa", ISAS)
-def test_every_geometry_adds_a_product_over_steps(isa, dtype, rtol):
-    """tiles.add_product_of_steps: out += the sum over s of W_steps[s] · x[s*Kp : (s+1)*Kp],
-    one product with K = S*Kp and W in S blocks (a band's gate rows of several steps of dz, as
-    add_steps_weight_gradient reads them); out and x column slices."""
+def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
+    """tiles.product_of_panels: tiles first .. last-1 of out = W · x from W packed and x in
+    panels of the tile's width (the last one narrower where the width does not divide N),
+    over a K longer than one block of tiles reads at a time; the other rows untouched. More
+    tiles than PANEL_BLOCK, so that the blocks and the tails meet."""
     g = tiles.GEOMETRIES[isa]
-    _, _, run_add_product_of_steps = products_of(isa)
+    _, _, run_product_of_panels = products_of(isa)
     rng = np.random.default_rng(4)
-    for M, N in shapes(g):
-        S, Kp = 3, 8
-        W_steps = rng.normal(size=(S, M + 5, Kp)).astype(dtype)[:, 2 : 2 + M]  # rows of bigger blocks
-        x = rng.normal(size=(S * Kp, N + g.lanes)).astype(dtype)[:, g.lanes :]
-        start = rng.normal(size=(M, N + g.lanes)).astype(dtype)
-        out = start.copy()
-        run_add_product_of_steps(out[:, :N], W_steps, x)
-        W64 = np.concatenate(list(W_steps.astype(np.float64)), axis=1)  # (M, S*Kp)
-        x64 = x.astype(np.float64)
-        scale = np.abs(start[:, :N]) + np.abs(W64) @ np.abs(x64)
-        assert within(out[:, :N], start[:, :N] + W64 @ x64, scale, rtol), (M, N)
-        assert np.array_equal(out[:, N:], start[:, N:]), (M, N)
+    width = g.vectors * g.lanes
+    M = (tiles.PANEL_BLOCK + 3) * g.rows + 2 * g.tail_rows  # tails where rows != tail_rows
+    full, tails = tiles.tile_count(g, M)
+    P, last_height = full + tails, g.tail_rows if tails else g.rows
+    for N in sorted({g.lanes, width, 2 * width + g.lanes, 3 * width}):
+        K = 75
+        W = rng.normal(size=(M, K)).astype(dtype)
+        x = rng.normal(size=(K, N)).astype(dtype)
+        W64, x64 = W.astype(np.float64), x.astype(np.float64)
+        for first, last in ((0, P), (1, P - 1)):
+            out = np.full((M, N), np.nan, dtype=dtype)
+            run_product_of_panels(out, packed_reference(W, g), panels_reference(x, width), first, last)
+            lo, hi = first * g.rows, M if last == P else M - last_height
+            assert within(out[lo:hi], W64[lo:hi] @ x64, np.abs(W64[lo:hi]) @ np.abs(x64), rtol), (N, first)
+            assert np.all(np.isnan(out[:lo])) and np.all(np.isnan(out[hi:])), (N, first)
 
 
 def test_the_targets_packing_is_the_documented_layout():
@@ -218,9 +234,9 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     """kernels.tiled_steps_product (x·Wx and Wx·dz over a window, step-major) and
-    add_steps_weight_gradient (dW from step-major dz and x a row per stream) on the target's
-    tiles: rows in `threads` bands of whole tiles, the tails (AVX2) in the last; 5 steps in
-    chunks of 2 for the gradient, the last chunk short."""
+    add_tiled_weight_gradient (dW from dz packed by pack_step_rows and x feature-major, packed
+    in panels) on the target's tiles: rows in `threads` bands of whole tiles, the tails (AVX2)
+    in the last; the packers give the documented layouts."""
     g = tiles.GEOMETRY
     rng = np.random.default_rng(20 + threads)
     T, B, K = 5, 2 * g.lanes, 24
@@ -235,17 +251,25 @@ def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     W64, x64 = W.astype(np.float64), x.astype(np.float64)
     assert within(out, W64 @ x64, np.abs(W64) @ np.abs(x64), 1e-5)
 
-    width = 3 * g.lanes  # the gradient's columns: whole vectors, a narrower tile after on AVX-512
+    inputs = tiles.COLUMNS + g.lanes  # the gradient's columns: a narrower last panel
     dz = rng.normal(size=(T, M, B)).astype(np.float32)  # dz_steps (T, G, B), G = M
-    x_rows = rng.normal(size=(T * B, width)).astype(np.float32)
-    start = rng.normal(size=(width, M)).astype(np.float32)
-    dW, work = start.copy(), np.full((M, width), np.nan, np.float32)
-    with numba_threads(threads):
-        kernels.add_steps_weight_gradient(dW, dz, x_rows, work, 2, threads)
     dz64 = dz.astype(np.float64).transpose(1, 0, 2).reshape(M, T * B)  # feature-major
-    x64 = x_rows.astype(np.float64)
-    scale = np.abs(start) + np.abs(x64.T) @ np.abs(dz64.T)
-    assert within(dW, start + x64.T @ dz64.T, scale, 1e-5)
+    dz_packed = np.full((sum(tiles.tile_count(g, M)), T * B, g.rows), np.nan, np.float32)
+    with numba_threads(threads):
+        kernels.pack_step_rows(dz_packed, dz, threads)
+    assert np.array_equal(dz_packed, packed_reference(dz64.astype(np.float32), g))
+    x = rng.normal(size=(inputs, T * B)).astype(np.float32)  # feature-major, as h_prev and x_drop
+    panels = np.full((2, T * B, tiles.COLUMNS), np.nan, np.float32)
+    with numba_threads(threads):
+        kernels.pack_panels(panels, x, threads)
+    assert np.array_equal(panels, panels_reference(x.T, tiles.COLUMNS), equal_nan=True)
+    start = rng.normal(size=(inputs, M)).astype(np.float32)
+    dW, work = start.copy(), np.full((M, inputs), np.nan, np.float32)
+    with numba_threads(threads):
+        kernels.add_tiled_weight_gradient(dW, dz_packed, x, panels, work, threads)
+    x64 = x.astype(np.float64)
+    scale = np.abs(start) + np.abs(x64) @ np.abs(dz64.T)
+    assert within(dW, start + x64 @ dz64.T, scale, 1e-5)
 
 
 def run_tests_in_subprocess(tmp_path, env, *pytest_args):

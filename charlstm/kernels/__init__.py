@@ -26,7 +26,9 @@ from .layouts import (
     gather_rows,
     pack_bands,
     pack_into_bands,
+    pack_panels,
     pack_rows,
+    pack_step_rows,
     scatter_add_rows,
     to_step_major,
     transpose_into,
@@ -38,7 +40,7 @@ from .optimizer import adam_step, average_step, clip_grad_norm, global_norm
 from .products import (
     add_column_vector,
     add_row_vector,
-    add_steps_weight_gradient,
+    add_tiled_weight_gradient,
     add_weight_gradient,
     add_weight_gradient_rows,
     matmul,
@@ -52,13 +54,14 @@ from .rnn import rnn_backward, rnn_forward
 from .sampling import embed_projection, generate_steps, generate_steps_parallel, model_step, sample_tokens
 
 __all__ = [
-    "adam_step", "add_column_vector", "add_row_vector", "add_steps_weight_gradient", "add_weight_gradient",
+    "adam_step", "add_column_vector", "add_row_vector", "add_tiled_weight_gradient", "add_weight_gradient",
     "add_weight_gradient_rows", "apply_dropout", "average_step", "clip_grad_norm", "dropout_masks",
     "dropout_masks_of_streams", "embed_projection", "exp", "gate_stats_add", "gather_rows",
     "generate_steps", "generate_steps_parallel", "global_norm", "gru_backward", "gru_forward",
     "gru_forward_stream", "lstm_forward", "lstm_forward_stream", "lstm_train_backward",
     "lstm_train_forward", "matmul", "matmul_add", "matmul_rows", "model_step", "pack_bands",
-    "pack_into_bands", "pack_rows", "rnn_backward", "rnn_forward", "rnn_forward_stream",
+    "pack_into_bands", "pack_panels", "pack_rows", "pack_step_rows", "rnn_backward", "rnn_forward",
+    "rnn_forward_stream",
     "sample_tokens", "scatter_add_rows", "sigmoid", "softmax_cross_entropy",
     "softmax_cross_entropy_columns", "step_product", "tanh", "tanh_rows", "tiled_matmul",
     "tiled_steps_product", "to_step_major", "token_log_probs", "transpose_into", "transpose_into_bands",

@@ -84,7 +84,7 @@ def _activate_cell(h, c, z, c_prev):
 # a window, and no measured CPU has yet gained from it (see tiles.GEOMETRIES). Or windowed
 # (tiles.WINDOW): the same products on the same step-major buffers, each one tile product
 # over the window between the layers' step kernels (products.tiled_steps_product), which pays
-# on AVX-512.
+# on AVX-512 and is no slower on AVX2.
 # The window-wide products are split by rows of their output (matmul_rows) on the same pool;
 # BLAS itself runs on one thread (model.loss_and_grad sees to it), else its own pool would spin
 # between calls and fight numba's for the cores. U = 1 is the serial path, the same code.

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import tiles
-from .layouts import _transpose
+from .layouts import _pack_panels, _transpose
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -132,20 +132,20 @@ def tiled_steps_product(out, W_packed, x, threads):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def add_steps_weight_gradient(dW, dz_steps, x_rows, dW_T, chunk, threads):
-    """dW (I, G) += x (I, T*B) · dz (G, T*B).T: a weight gradient over the window, from the
-    backward's step-major dz_steps (T, G, B) and x a row per stream, x_rows (T*B, I) t-major.
-    Computed as its transpose dW_T (G, I) = the sum over t of dz_steps[t] · x_rows[t*B:(t+1)*B]
-    on the register tiles (tiles.add_product_of_steps, dz read in place), K = T*B in chunks of
-    `chunk` steps whose rows of x_rows stay in cache while every tile reads them; then added
-    in transposed. In `threads` bands of whole tiles of G rows. dW_T: work, C-contiguous."""
-    T, G, B = dz_steps.shape
+def add_tiled_weight_gradient(dW, dz_packed, x, x_panels, dW_T, threads):
+    """dW (I, G) += x (I, K) · dz (G, K).T: a weight gradient over a window (K = T*B) on the
+    register tiles, as its transpose dW_T (G, I) = dz · x.T (tiles.product_of_panels), then
+    added in transposed. dz comes packed in the tiles of plan(G) (layouts.pack_step_rows),
+    x feature-major, packed here into x_panels (J, K, tiles.COLUMNS) work (pack_panels'
+    layout). In `threads` bands of whole tiles of G rows, one per numba thread, after the
+    panels in `threads` bands of panels. dW_T: work (G, I)."""
+    J = x_panels.shape[0]
+    for part in prange(threads):
+        _pack_panels(x_panels, x, part * J // threads, (part + 1) * J // threads)
+    G = dW_T.shape[0]
     for p in prange(threads):
         first, last, lo, hi = _band_of_tiles(p, threads, G)
-        dW_T[lo:hi] = 0.0
-        for t0 in range(0, T, chunk):
-            t1 = min(T, t0 + chunk)
-            tiles.add_product_of_steps(dW_T[lo:hi], dz_steps[t0:t1, lo:hi], x_rows[t0 * B : t1 * B])
+        tiles.product_of_panels(dW_T, dz_packed, x_panels, first, last)
         _transpose(dW[:, lo:hi], dW_T[lo:hi], True)
 
 

@@ -53,8 +53,8 @@ COUPLING = "coupling"
 # Between layers, window-wide in the step kernels' step-major layout (kernels.tiled_steps_product):
 # the same two products as COUPLING, each one product over the window
 WINDOW = "window"
-# The LSTM's weight gradients dWh and dWx over the window, from the backward's step-major dz
-# (kernels.add_steps_weight_gradient)
+# The LSTM's weight gradients dWh and dWx over the window, from the backward's dz packed in
+# tiles (kernels.add_tiled_weight_gradient)
 WINDOW_GRADIENT = "window_gradient"
 ALL_PRODUCTS = frozenset({STEP, HEAD, STEP_GRADIENT, COUPLING, WINDOW, WINDOW_GRADIENT})
 
@@ -95,27 +95,33 @@ class Geometry:
 # - COUPLING does not: 0.989-1.019 on AVX-512, 0.924-1.007 on AVX2, at 2x256 and 2x512 on an
 #   AMD EPYC Zen 4 host (1 MiB L2 a core; 20 pairs, 2026-12-03). It reads Wx once a step where
 #   BLAS reads it once a window: with Wh beside it, a band's weights outgrow L2 at 2x256.
-# - WINDOW pays on AVX-512 only: 1.044 / 1.021 at 2x256 and 1.013 / 1.016 at 2x512 (1 / 2
-#   threads; 1x128 has no layer above the first); on AVX2 0.990-1.028. On an AMD EPYC Zen 4
-#   host, `tile_choice.py --candidates window,window_gradient`, 20 pairs, 2026-12-04. Each
-#   step's x is one contiguous block (the rows of the feature-major x that BLAS reads lie T*B
-#   apart): the tiles run at 106-114 GFLOP/s, OpenBLAS at 90-100; and the layout copies
-#   between the window-wide products and the steps go.
-# - WINDOW_GRADIENT pays on AVX-512 only, and where a thread's rows of dW_T fit 1 MiB
-#   (model.WINDOW_GRADIENT_BYTES): 1.031 / 1.023 at 1x128, 1.031 / 1.049 at 2x256, 0.999 /
-#   0.991 at 2x512; on AVX2 0.960-0.992. The same run. dz is read where the steps left it
-#   (no feature-major copy), at 104 GFLOP/s against OpenBLAS's 93-97.
+# - WINDOW pays on AVX-512: 1.044 / 1.021 at 2x256 and 1.013 / 1.016 at 2x512 (1 / 2 threads;
+#   1x128 has no layer above the first; an AMD EPYC Zen 4 host, 20 pairs, 2026-12-04), and
+#   1.052 / 1.037, 1.038 / 1.031 (30 pairs, 2026-12-06). Each step's x is one contiguous
+#   block (the rows of the feature-major x that BLAS reads lie T*B apart): the tiles run at
+#   106-114 GFLOP/s, OpenBLAS at 90-100; and the layout copies between the window-wide
+#   products and the steps go. On AVX2 it is within the noise, slightly ahead: 1.011 /
+#   1.007, 1.001 / 1.008 (20 pairs) and 1.032 / 0.992, 1.014 / 0.998 (30 pairs), 2026-12-06
+#   (0.990-1.028 on 12-04); served, which keeps one layout between the layers on x86.
+# - WINDOW_GRADIENT pays on AVX-512: 1.003 / 1.019 at 1x128, 1.018 / 1.008 at 2x256, 1.017 /
+#   1.017 at 2x512 (30 pairs, 2026-12-06); not on AVX2: 0.961-1.038, below 1 in four of
+#   six. The gradient alone (products.add_tiled_weight_gradient, one thread) runs at 107-111
+#   GFLOP/s on AVX-512 and 101-110 on AVX2 against OpenBLAS's 88-98, but costs packing dz in
+#   tiles (layouts.pack_step_rows, 1.5-3 ms a layer at 2x256-2x512) where BLAS reads dz
+#   feature-major. (Its first form read dz in place, K in chunks of steps, at 100-104
+#   GFLOP/s, and lost where dW_T outgrew L2: 0.999 / 0.991 at 2x512.)
 # So AVX-512 runs the step, the products between layers and the weight gradients on tiles,
-# AVX2 the step only, the rest on BLAS; the head, dWh-in-the-steps and coupling tiles stay
-# built and tested, for a CPU where tile_choice.py shows they pay.
+# AVX2 the step and the products between layers, the rest on BLAS; the head, dWh-in-the-steps
+# and coupling tiles stay built and tested, for a CPU where tile_choice.py shows they pay.
 # - neon: the step, for the same reason as on x86; not measured, as no ARM machine was at hand.
 # - none: a target without FMA (or vectors) has nothing the tiles do better.
 _STEP_ONLY = frozenset({STEP})
+_STEP_AND_WINDOW = frozenset({STEP, WINDOW})
 GEOMETRIES = {
     "avx512": Geometry(
         "avx512", 16, 32, rows=8, vectors=2, tail_rows=8, products=frozenset({STEP, WINDOW, WINDOW_GRADIENT})
     ),
-    "avx2": Geometry("avx2", 8, 16, rows=6, vectors=2, tail_rows=4, products=_STEP_ONLY),
+    "avx2": Geometry("avx2", 8, 16, rows=6, vectors=2, tail_rows=4, products=_STEP_AND_WINDOW),
     "neon": Geometry("neon", 4, 32, rows=8, vectors=3, tail_rows=8, products=_STEP_ONLY),
     "none": Geometry("none", 4, 16, rows=4, vectors=1, tail_rows=4, products=frozenset()),
 }
@@ -179,6 +185,12 @@ def compile_target_isa() -> str:
 
 GEOMETRY = GEOMETRIES[compile_target_isa()]
 
+# product_of_panels' tiles of W a block (a weight gradient's dz, K = T*B = 2048: 8 tiles of
+# 8 rows are 512 KiB, in L2 beside a panel of x). One thread on a Zen 4, 1024 x 256 and
+# 2048 x 512 outputs: 107-111 GFLOP/s with 4-8 tiles on AVX-512 (OpenBLAS 88-98), 102-110 on
+# AVX2 (OpenBLAS 92-98); with 16-32 tiles 98-107, with 128 down to 96-99.
+PANEL_BLOCK = 8
+
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
 
@@ -204,23 +216,20 @@ def _make_tile(rows, vectors, lanes, accumulate):
     vec = ir.VectorType(_F32, lanes)
 
     @intrinsic
-    def tile(typingctx, out, w, x, w_first, w_row_step, w_k_step, w_part_step, parts, row, col):
+    def tile(typingctx, out, w, x, w_first, w_row_step, w_k_step, row, col):
         """out[row + i, col + c] (+)= sum over k < K of W[i, k] * x[k, col + c] for i < rows and
-        c < vectors * lanes, K = x.shape[0] in `parts` equal parts of Kp = K / parts (one part:
-        the whole of K), with W[i, s*Kp + k] = w's element
-        w_first + i*w_row_step + s*w_part_step + k*w_k_step counted from w's first one (any
-        float32 array). out and x float32 with contiguous rows (column slices of bigger arrays
-        allowed). Nothing is checked."""
-        sig = types.void(out, w, x, *[types.intp] * 7)
+        c < vectors * lanes, with W[i, k] = w's element w_first + i*w_row_step + k*w_k_step
+        counted from w's first one (any float32 array) and K = x.shape[0]. out and x float32
+        with contiguous rows (column slices of bigger arrays allowed). Nothing is checked."""
+        sig = types.void(out, w, x, *[types.intp] * 5)
 
         def codegen(context, builder, signature, args):
             out_ty, w_ty, x_ty = signature.args[:3]
             out_ptr = _data(context, builder, out_ty, args[0])
             w_ptr = _data(context, builder, w_ty, args[1])
             x_ptr = _data(context, builder, x_ty, args[2])
-            w_first, w_row_step, w_k_step, w_part_step, parts, row, col = args[3:]
+            w_first, w_row_step, w_k_step, row, col = args[3:]
             K = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, args[2]).shape, 2)[0]
-            K_part = builder.sdiv(K, parts)
             x_row_step = _row_step(context, builder, x_ty, args[2])
             out_row_step = _row_step(context, builder, out_ty, args[0])
             fma = cgutils.get_or_insert_function(
@@ -250,21 +259,17 @@ def _make_tile(rows, vectors, lanes, accumulate):
             w_rows = [builder.gep(w_first_row, [builder.mul(_index(i), w_row_step)]) for i in range(rows)]
             x_col = builder.gep(x_ptr, [col])
 
-            with cgutils.for_range(builder, parts) as part_loop:
-                s = part_loop.index
-                w_part = builder.mul(s, w_part_step)
-                x_part = builder.gep(x_col, [builder.mul(builder.mul(s, K_part), x_row_step)])
-                with cgutils.for_range(builder, K_part) as loop:
-                    k = loop.index
-                    x_row = builder.gep(x_part, [builder.mul(k, x_row_step)])
-                    xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
-                    w_k = builder.add(w_part, builder.mul(k, w_k_step))
-                    for i in range(rows):
-                        w = builder.load(builder.gep(w_rows[i], [w_k]))
-                        in_lane_0 = builder.insert_element(undefined, w, lane_0)
-                        ws = builder.shuffle_vector(in_lane_0, undefined, splat)
-                        for v in range(vectors):
-                            builder.store(builder.call(fma, [ws, xs[v], builder.load(acc[i][v])]), acc[i][v])
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                x_row = builder.gep(x_col, [builder.mul(k, x_row_step)])
+                xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
+                w_k = builder.mul(k, w_k_step)
+                for i in range(rows):
+                    w = builder.load(builder.gep(w_rows[i], [w_k]))
+                    in_lane_0 = builder.insert_element(undefined, w, lane_0)
+                    ws = builder.shuffle_vector(in_lane_0, undefined, splat)
+                    for v in range(vectors):
+                        builder.store(builder.call(fma, [ws, xs[v], builder.load(acc[i][v])]), acc[i][v])
             for i in range(rows):
                 for v in range(vectors):
                     builder.store(builder.load(acc[i][v]), vector_at(out_rows[i], v), align=4)
@@ -286,17 +291,17 @@ def _tiles_across(g, rows, accumulate):
     assert g.vectors <= 3, "one branch per narrower width: add one for wider tiles"
 
     @njit(inline="always")
-    def row_of_tiles(out, w, x, w_first, w_row_step, w_k_step, row, w_part_step=0, parts=1):
+    def row_of_tiles(out, w, x, w_first, w_row_step, w_k_step, row):
         N = out.shape[1]
         col = 0
         while col + width <= N:
-            wide(out, w, x, w_first, w_row_step, w_k_step, w_part_step, parts, row, col)
+            wide(out, w, x, w_first, w_row_step, w_k_step, row, col)
             col += width
         left = (N - col) // lanes
         if left == 2 and width > 2 * lanes:
-            narrow_2(out, w, x, w_first, w_row_step, w_k_step, w_part_step, parts, row, col)
+            narrow_2(out, w, x, w_first, w_row_step, w_k_step, row, col)
         elif left >= 1:
-            narrow_1(out, w, x, w_first, w_row_step, w_k_step, w_part_step, parts, row, col)
+            narrow_1(out, w, x, w_first, w_row_step, w_k_step, row, col)
 
     return row_of_tiles
 
@@ -326,6 +331,7 @@ def build(g: Geometry) -> SimpleNamespace:
     package builds them once for the compile target (charlstm.kernels.tiles.product, ...);
     tests build the others to check every geometry on any machine."""
     R, T = g.rows, g.tail_rows
+    block = PANEL_BLOCK
     row_of_tiles = _tiles_across(g, R, False)
     row_of_tail_tiles = _tiles_across(g, T, False)
     row_of_added_tiles = _tiles_across(g, R, True)
@@ -357,12 +363,13 @@ def build(g: Geometry) -> SimpleNamespace:
         rows contiguous. Kernels only, like product."""
         raise NotImplementedError("tiled products run inside numba kernels only")
 
-    def add_product_of_steps(out, W_steps, x):
-        """out (M, N) += the sum over s < S of W_steps[s] (M, Kp) · x[s*Kp : (s+1)*Kp] (Kp, N):
-        one product with K = S*Kp whose W comes in S blocks (the backward's dz_steps (T, 4H, B),
-        K running over its steps and streams), read in place, the output kept in the tiles'
-        registers over all of K. W_steps' rows contiguous, M in whole tiles; x (S*Kp, N) with
-        contiguous rows, N a multiple of lanes. Kernels only, like product."""
+    def product_of_panels(out, W_packed, x_panels, first, last):
+        """Tiles first .. last-1 (of plan(M)) of out (M, N) = W (M, K) · x (K, N): W packed
+        (P, K, R) as for product, x in panels (J, K, width) of the tile's width (panel j holds
+        columns j*width .., the last one the N - (J-1)*width left), for a K too long for x
+        to stay in cache (a weight gradient over a window, K = T*B). In blocks of
+        PANEL_BLOCK tiles: every panel of x passes each block, whose weights stay in L2,
+        the tiles taking their sums over all of K in registers. Kernels only, like product."""
         raise NotImplementedError("tiled products run inside numba kernels only")
 
     @overload(product)
@@ -420,35 +427,42 @@ def build(g: Geometry) -> SimpleNamespace:
 
         return plain
 
-    @overload(add_product_of_steps)
-    def _add_product_of_steps_overload(out, W_steps, x):
+    @overload(product_of_panels)
+    def _product_of_panels_overload(out, W_packed, x_panels, first, last):
         if _float32(out):
 
-            def tiled(out, W_steps, x):
-                part_step = W_steps.strides[0] // W_steps.itemsize
-                row_step = W_steps.strides[1] // W_steps.itemsize
-                S = W_steps.shape[0]
-                full, tails = plan(W_steps.shape[1])
-                for p in range(full + tails):
-                    first = first_row(p, full)
-                    w_first = first * row_step
-                    if p < full:
-                        row_of_added_tiles(out, W_steps, x, w_first, row_step, 1, first, part_step, S)
-                    else:
-                        row_of_added_tail_tiles(out, W_steps, x, w_first, row_step, 1, first, part_step, S)
+            def tiled(out, W_packed, x_panels, first, last):
+                tile_step = W_packed.strides[0] // W_packed.itemsize
+                k_step = W_packed.strides[1] // W_packed.itemsize
+                J, _, width = x_panels.shape
+                N = out.shape[1]
+                full, tails = plan(out.shape[0])
+                for p0 in range(first, last, block):
+                    for j in range(J):
+                        n = min(width, N - j * width)
+                        cols = out[:, j * width : j * width + n]
+                        x = x_panels[j, :, :n]
+                        for p in range(p0, min(last, p0 + block)):
+                            w_first = p * tile_step
+                            if p < full:
+                                row_of_tiles(cols, W_packed, x, w_first, 1, k_step, p * R)
+                            else:
+                                row_of_tail_tiles(cols, W_packed, x, w_first, 1, k_step, first_row(p, full))
 
             return tiled
 
-        def plain(out, W_steps, x):
-            S, M, Kp = W_steps.shape
-            for s in range(S):
-                for m in range(M):
-                    row = out[m]
-                    for k in range(Kp):
-                        w = W_steps[s, m, k]
-                        xk = x[s * Kp + k]
+        def plain(out, W_packed, x_panels, first, last):
+            width = x_panels.shape[2]
+            full, tails = plan(out.shape[0])
+            for p in range(first, last):
+                start = first_row(p, full)
+                for i in range(R if p < full else T):
+                    row = out[start + i]
+                    row[:] = 0.0
+                    for k in range(W_packed.shape[1]):
+                        w = W_packed[p, k, i]
                         for c in range(out.shape[1]):
-                            row[c] += w * xk[c]
+                            row[c] += w * x_panels[c // width, k, c % width]
 
         return plain
 
@@ -458,17 +472,18 @@ def build(g: Geometry) -> SimpleNamespace:
         first_row=first_row,
         product=product,
         add_product=add_product,
-        add_product_of_steps=add_product_of_steps,
+        product_of_panels=product_of_panels,
     )
 
 
 _TARGET = build(GEOMETRY)
 ROWS, TAIL_ROWS, LANES = GEOMETRY.rows, GEOMETRY.tail_rows, GEOMETRY.lanes
+COLUMNS = GEOMETRY.vectors * GEOMETRY.lanes  # a tile's columns: the width of product_of_panels' panels
 plan = _TARGET.plan
 first_row = _TARGET.first_row
 product = _TARGET.product
 add_product = _TARGET.add_product
-add_product_of_steps = _TARGET.add_product_of_steps
+product_of_panels = _TARGET.product_of_panels
 
 
 def serve(product_name: str, rows: int, columns: int, dtype) -> bool:
