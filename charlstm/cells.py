@@ -83,7 +83,7 @@ def forward(params, h: np.ndarray, ws) -> np.ndarray:
                 buffers.meeting,
             )  # fmt: skip
         if ws.dropout_on:
-            kernels.apply_dropout(ws.x_drop[layer], ws.h_seq[layer], buffers.masks[layer])
+            kernels.apply_dropout(ws.x_drop[layer], ws.h_seq[layer], buffers.masks[layer], U)
         h[layer] = ws.h_seq[layer, T - 1]
     top = _output(ws, L - 1).reshape(T * B, H)
     kernels.matmul_rows(ws.logits_rows, top, params["head.W"], U)
@@ -109,7 +109,7 @@ def backward(params, grads, targets: np.ndarray, ws, characters: int) -> float:
     kernels.matmul_rows(dh, dlogits, params["head.W"].T, U)
     for layer in range(L - 1, -1, -1):
         if ws.dropout_on:
-            kernels.apply_dropout(buffers.dh, buffers.dh, buffers.masks[layer])
+            kernels.apply_dropout(buffers.dh, buffers.dh, buffers.masks[layer], U)
         Wh = params[f"{cell}.{layer}.Wh"]
         Wh_rows = Wh.reshape(U, H // U, G)  # each band's rows of Wh
         if buffers.Wh_rows_packed.shape[1] > 0:

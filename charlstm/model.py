@@ -376,7 +376,7 @@ def forward(
             params[f"lstm.{layer}.Wh"], params[f"lstm.{layer}.b"], ws.h0[layer], ws.c0[layer],
         )  # fmt: skip
         if ws.dropout_on:
-            kernels.apply_dropout(ws.x_drop[layer], ws.h_seq[layer], ws.masks[layer])
+            kernels.apply_dropout(ws.x_drop[layer], ws.h_seq[layer], ws.masks[layer], 1)
         h[layer] = ws.h_seq[layer, T - 1]
         c[layer] = ws.c_seq[layer, T - 1]
 
@@ -420,12 +420,12 @@ def _train_forward(
         elif tb.coupled:  # x_t·Wx inside the steps, from the layer below's step-major output
             if ws.dropout_on:
                 below = _steps_of(tb, layer - 1)
-                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2))
+                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2), U)
             kernels.pack_into_bands(tb.Wx_packed, Wx)
         elif tb.windowed:  # x·Wx on the tiles over the window, from the same step-major output
             below = _steps_of(tb, layer - 1)
             if ws.dropout_on:
-                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2))
+                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2), U)
             kernels.pack_rows(tb.Wx_window, Wx.T, 4 * H, U)
             kernels.tiled_steps_product(tb.act[layer], tb.Wx_window, below, U)
         else:
@@ -443,7 +443,7 @@ def _train_forward(
             tb.c0[layer], tb.table_T, _tokens_of(ws, layer), x_steps, Wx_packed, tb.meeting,
         )  # fmt: skip
         if ws.dropout_on:
-            kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer])
+            kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer], U)
         h[layer] = tb.h_seq[layer, :, T - 1].T
         c[layer] = tb.c_steps[layer, T - 1].T
 
@@ -479,9 +479,9 @@ def _train_backward(
         from_steps = (tb.coupled or tb.windowed) and layer < L - 1
         dh_steps = _steps_of(tb, layer)
         if ws.dropout_on and from_steps:
-            kernels.apply_dropout(dh_steps, dh_steps, ws.masks_fm[layer].transpose(1, 0, 2))
+            kernels.apply_dropout(dh_steps, dh_steps, ws.masks_fm[layer].transpose(1, 0, 2), U)
         elif ws.dropout_on:
-            kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer])
+            kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer], U)
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         if layer == 0:
             tb.dtable_T[...] = 0.0

@@ -279,12 +279,14 @@ def _splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
-def apply_dropout(out, x, mask):
-    """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout). Any layout:
-    the row-major inference pass reads the feature-major masks through a transposed view."""
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
+def apply_dropout(out, x, mask, threads):
+    """out = x * mask, all (P, Q, R) (mask holds 0 or 1/(1-p): inverted dropout), in `threads`
+    bands of P. Any layout: the row-major inference pass and the step-major buffers read the
+    feature-major masks through a transposed view."""
     P, Q, R = out.shape
-    for p in range(P):
-        for q in range(Q):
-            for r in range(R):
-                out[p, q, r] = x[p, q, r] * mask[p, q, r]
+    for part in prange(threads):
+        for p in range(part * P // threads, (part + 1) * P // threads):
+            for q in range(Q):
+                for r in range(R):
+                    out[p, q, r] = x[p, q, r] * mask[p, q, r]
