@@ -22,34 +22,16 @@ import time
 from collections import defaultdict
 
 import isa as isa_env
-import numpy as np
 import train_speed
 
-B, T, V, E = 32, 64, 65, 64
+B, T = train_speed.B, train_speed.T
 
 
 def profile(layers: int, hidden: int, steps: int, dropout: float, cell: str) -> dict:
     """ms a step for every kernel the step calls, the wrapped and the plain step, PyTorch's."""
     from charlstm import kernels
-    from charlstm.model import ModelConfig, Params, Workspace, init_params, loss_and_grad, zero_state
 
-    config = ModelConfig(vocab_size=V, layers=layers, hidden=hidden, embed=E, dropout=dropout, cell=cell)
-    rng = np.random.default_rng(0)
-    params = init_params(config, rng)
-    grads = Params.zeros(config)
-    m, v = np.zeros_like(params.flat), np.zeros_like(params.flat)
-    decay = params.decay_mask()
-    ws = Workspace(config, T, B)
-    h, c = zero_state(config, B)
-    x = rng.integers(0, V, (T, B))
-    y = rng.integers(0, V, (T, B))
-    drop_rng = np.random.default_rng(1) if dropout > 0 else None
-
-    def step(k: int) -> None:
-        loss_and_grad(params, grads, x, y, h, c, ws, dropout_rng=drop_rng)
-        kernels.clip_grad_norm(grads.flat, 5.0)
-        kernels.adam_step(params.flat, m, v, grads.flat, decay, k, 2e-3, 0.9, 0.999, 1e-8, 0.0)
-
+    step = train_speed.charlstm_step(layers, hidden, cell, dropout)
     seconds: dict[str, float] = defaultdict(float)
     plain = {name: getattr(kernels, name) for name in kernels.__all__}
 
