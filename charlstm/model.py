@@ -244,17 +244,16 @@ class _TrainBuffers:
         self.h_seq = np.empty((L, H, T, B), dtype=dtype)
         # The state before each step, for dWh: a row per stream for the backward's steps when
         # the register tiles serve there (see _step_gradients_serve), else feature-major for
-        # one BLAS product; the other left empty
-        self.dWh_in_steps = _step_gradients_serve(H, U, dtype)
-        rows = self.dWh_in_steps
-        self.h_prev = np.empty((L, 0 if rows else H, T, B), dtype=dtype)
-        self.h_prev_rows = np.empty((L, T if rows else 0, B, H), dtype=dtype)
+        # one product over the window (tiled or BLAS, below); the other left empty
+        in_steps = self.dWh_in_steps = _step_gradients_serve(H, U, dtype)
+        self.h_prev = np.empty((L, 0 if in_steps else H, T, B), dtype=dtype)
+        self.h_prev_rows = np.empty((L, T if in_steps else 0, B, H), dtype=dtype)
         # The weight gradients dWh and dWx: on the register tiles over the window when they
         # serve (kernels.add_tiled_weight_gradient: the backward's dz packed in tiles of rows
         # once a layer for both, x packed in panels), else one BLAS product each from the
         # feature-major dz; x is h_prev or the layer below's output, feature-major, either way
-        self.gradients_tiled = not rows and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
-        gradients_tiled = self.gradients_tiled
+        gradients_tiled = not in_steps and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
+        self.gradients_tiled = gradients_tiled
         self.dz_packed = np.empty((tiles.tiles_of(4 * H) if gradients_tiled else 0, T * B, tiles.ROWS), dtype)
         panels = -(-H // tiles.COLUMNS) if gradients_tiled else 0
         self.x_panels = np.empty((panels, T * B, tiles.COLUMNS), dtype=dtype)
