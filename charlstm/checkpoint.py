@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tempfile
+import tokenize
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -155,6 +156,8 @@ def load_checkpoint(path: Path | str, *, with_train_state: bool = False) -> Chec
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable charlstm checkpoint ({_describe(exc)})") from None
+    except (SyntaxError, tokenize.TokenError) as exc:  # numpy parses a .npy header as a literal
+        raise CheckpointError(f"{path}: an array's header is corrupt ({_describe(exc)})") from None
     except (MemoryError, OverflowError, RuntimeError, NotImplementedError) as exc:
         # zlib and zipfile raise these on some corruptions (e.g. unsupported compression).
         raise CheckpointError(f"{path}: corrupt checkpoint ({_describe(exc)})") from None
@@ -171,6 +174,14 @@ class _Members:
     def __init__(self, path: Path, archive: zipfile.ZipFile):
         self.path, self.archive = path, archive
         self.infos: dict[str, zipfile.ZipInfo] = {}
+        # A damaged length in one directory entry (its comment's, say) makes zipfile read the
+        # entries after it as part of that one, and they vanish without an error: the count
+        # in the directory's end record says how many there are.
+        end = zipfile._EndRecData(archive.fp)  # zipfile's own reader of that record
+        listed = end[zipfile._ECD_ENTRIES_TOTAL] if end else -1
+        if listed != len(archive.infolist()):
+            held = len(archive.infolist())
+            raise CheckpointError(f"{path}: the zip directory holds {held} arrays; its end record: {listed}")
         if len(archive.infolist()) > MAX_MEMBERS:
             raise CheckpointError(
                 f"{path}: {len(archive.infolist()):,} arrays is more than a checkpoint holds"

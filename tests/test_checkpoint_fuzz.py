@@ -244,6 +244,44 @@ def test_flipped_bytes_are_refused_or_harmless(real, tmp_path_factory, data):
         assert "\n" not in str(outcome.error)
 
 
+def directory_entries(raw: bytes) -> dict[str, int]:
+    """member name -> where its entry in the zip's central directory starts."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        at, entries = archive.start_dir, {}
+        for _ in archive.infolist():
+            name_length, extra_length, comment_length = struct.unpack("<HHH", raw[at + 28 : at + 34])
+            entries[raw[at + 46 : at + 46 + name_length].decode()] = at
+            at += 46 + name_length + extra_length + comment_length
+    return entries
+
+
+@pytest.mark.parametrize("member", ["train.h.npy", "lstm.1.b.npy"])
+def test_a_directory_entry_that_swallows_the_next_ones_is_refused(real, tmp_path, member):
+    """A damaged comment length in one entry of the zip directory (found by the byte-flip fuzz:
+    the high byte of train.h's) makes zipfile read the entries after it as that entry's
+    comment; they must not vanish quietly, leaving a checkpoint without its last arrays (where
+    they end mid-entry, zipfile refuses the directory itself)."""
+    raw = bytearray(real["last"].read_bytes())
+    raw[directory_entries(bytes(raw))[member] + 33] ^= 1  # comment length += 256
+    path = tmp_path / "swallowed.npz"
+    path.write_bytes(bytes(raw))
+    assert_refused(path)
+
+
+def test_a_corrupt_array_header_is_one_line(real, tmp_path):
+    """A .npy header length 256 bytes too long (found by the byte-flip fuzz in train.m) makes
+    numpy's header parser raise tokenize's error: refused in one line, not a traceback."""
+    raw = bytearray(real["last"].read_bytes())
+    with zipfile.ZipFile(real["last"]) as archive:
+        info = archive.getinfo("train.m.npy")
+    name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    data = info.header_offset + 30 + name_length + extra_length
+    raw[data + 9] ^= 1  # the header length's high byte (magic 6, version 2, length 2 little-endian)
+    path = tmp_path / "header.npz"
+    path.write_bytes(bytes(raw))
+    assert_refused(path)
+
+
 # ----------------------------------------------------------------------- keys and arrays
 
 
