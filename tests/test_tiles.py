@@ -189,7 +189,8 @@ def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
 
 def test_the_targets_packing_is_the_documented_layout():
     """kernels.pack_rows, pack_bands and pack_into_bands give packed_reference's layout for the
-    compile target's geometry, of W's rows, of each band's rows, of each band's gate rows."""
+    compile target's geometry, of W's rows (and of a transposed view's), of each band's rows, of
+    each band's gate rows: whole tiles of consecutive rows and tiles that gather across gates."""
     g = tiles.GEOMETRY
     rng = np.random.default_rng(5)
     H, U = 8 * g.tail_rows, 2
@@ -199,6 +200,9 @@ def test_the_targets_packing_is_the_documented_layout():
     out = np.full((P, 4 * H, g.rows), np.nan, np.float32)
     kernels.pack_rows(out, W, H, 2)
     assert np.array_equal(out, packed_reference(W, g))
+    columns = np.full((sum(tiles.tile_count(g, 4 * H)), H, g.rows), np.nan, np.float32)
+    kernels.pack_rows(columns, W.T, 4 * H, 2)  # a transposed view, as the model packs Wx.T
+    assert np.array_equal(columns, packed_reference(W.T, g))
     bands = np.full((U, sum(tiles.tile_count(g, Hu)), 4 * H, g.rows), np.nan, np.float32)
     kernels.pack_bands(bands, W)
     for u in range(U):
