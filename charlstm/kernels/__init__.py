@@ -13,9 +13,13 @@ shapes (the Python wrappers do) and have no fixed signature, so one kernel serve
 (gradient checks) and float32 (training). Outputs come first, then inputs, then sizes.
 Backward kernels *add* into gradient buffers; the caller zeroes them.
 
-The public kernels are imported here, so callers write `kernels.adam_step`.
+The public kernels are imported here, so callers write `kernels.adam_step`. Importing them
+drops numba's cached kernels when any source of the package changed (fresh_cache).
 """
 
+from pathlib import Path
+
+from . import fresh_cache
 from .activations import exp, sigmoid, tanh
 from .gru import gru_backward, gru_forward
 from .inspection import gate_stats_add, gru_forward_stream, lstm_forward_stream, rnn_forward_stream, tanh_rows
@@ -52,6 +56,10 @@ from .products import (
 )
 from .rnn import rnn_backward, rnn_forward
 from .sampling import embed_projection, generate_steps, generate_steps_parallel, model_step, sample_tokens
+
+_cache = fresh_cache.cache_directory(lstm_train_forward)
+if _cache is not None:
+    fresh_cache.drop_if_sources_changed(_cache, fresh_cache.sources_digest(Path(__file__).parent))
 
 __all__ = [
     "adam_step", "add_column_vector", "add_row_vector", "add_tiled_weight_gradient", "add_weight_gradient",
