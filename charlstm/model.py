@@ -502,8 +502,8 @@ def _train_backward(
         h_prev = tb.h_prev[layer].reshape(-1, T * B)  # (H, T*B), unless dWh was added up in the steps
         if tb.gradients_tiled:  # dz in the tiles' rows, once for dWh and dWx
             kernels.pack_step_rows(tb.dz_packed, tb.dz_steps, U)
-            dWh = grads[f"lstm.{layer}.Wh"]
-            kernels.add_tiled_weight_gradient(dWh, tb.dz_packed, h_prev, tb.x_panels, work, U)
+            kernels.pack_panels(tb.x_panels, h_prev, U)
+            kernels.add_tiled_weight_gradient(grads[f"lstm.{layer}.Wh"], tb.dz_packed, tb.x_panels, work, U)
         elif not tb.dWh_in_steps:
             kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
@@ -513,9 +513,8 @@ def _train_backward(
                 kernels.matmul_add(dWx, params["embed"].T, tb.dtable_T.T)
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         elif tb.gradients_tiled:
-            kernels.add_tiled_weight_gradient(
-                dWx, tb.dz_packed, _train_output(ws, tb, layer - 1), tb.x_panels, work, U
-            )
+            kernels.pack_panels(tb.x_panels, _train_output(ws, tb, layer - 1), U)
+            kernels.add_tiled_weight_gradient(dWx, tb.dz_packed, tb.x_panels, work, U)
         else:
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
         if layer > 0:

@@ -238,8 +238,8 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     """kernels.tiled_steps_product (x·Wx and Wx·dz over a window, step-major) and
-    add_tiled_weight_gradient (dW from dz packed by pack_step_rows and x feature-major, packed
-    in panels) on the target's tiles: rows in `threads` bands of whole tiles, the tails (AVX2)
+    add_tiled_weight_gradient (dW from dz packed by pack_step_rows and x packed in panels by
+    pack_panels) on the target's tiles: rows in `threads` bands of whole tiles, the tails (AVX2)
     in the last; the packers give the documented layouts."""
     g = tiles.GEOMETRY
     rng = np.random.default_rng(20 + threads)
@@ -270,7 +270,7 @@ def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     start = rng.normal(size=(inputs, M)).astype(np.float32)
     dW, work = start.copy(), np.full((M, inputs), np.nan, np.float32)
     with numba_threads(threads):
-        kernels.add_tiled_weight_gradient(dW, dz_packed, x, panels, work, threads)
+        kernels.add_tiled_weight_gradient(dW, dz_packed, panels, work, threads)
     x64 = x.astype(np.float64)
     scale = np.abs(start) + np.abs(x64) @ np.abs(dz64.T)
     assert within(dW, start + x64 @ dz64.T, scale, 1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import tiles
-from .layouts import _pack_panels, _transpose
+from .layouts import _transpose
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -132,16 +132,12 @@ def tiled_steps_product(out, W_packed, x, threads):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def add_tiled_weight_gradient(dW, dz_packed, x, x_panels, dW_T, threads):
+def add_tiled_weight_gradient(dW, dz_packed, x_panels, dW_T, threads):
     """dW (I, G) += x (I, K) · dz (G, K).T: a weight gradient over a window (K = T*B) on the
     register tiles, as its transpose dW_T (G, I) = dz · x.T (tiles.product_of_panels), then
-    added in transposed. dz comes packed in the tiles of plan(G) (layouts.pack_step_rows),
-    x feature-major, packed here into x_panels (J, K, tiles.COLUMNS) work (pack_panels'
-    layout). In `threads` bands of whole tiles of G rows, one per numba thread, after the
-    panels in `threads` bands of panels. dW_T: work (G, I)."""
-    J = x_panels.shape[0]
-    for part in prange(threads):
-        _pack_panels(x_panels, x, part * J // threads, (part + 1) * J // threads)
+    added in transposed. dz comes packed in the tiles of plan(G) (layouts.pack_step_rows), x in
+    panels (J, K, tiles.COLUMNS) (layouts.pack_panels). In `threads` bands of whole tiles of G
+    rows, one per numba thread. dW_T: work (G, I)."""
     G = dW_T.shape[0]
     for p in prange(threads):
         first, last, lo, hi = _band_of_tiles(p, threads, G)
