@@ -491,6 +491,26 @@ def test_float32_exp_is_within_two_ulps_and_exact_at_zero():
     assert 0.0 < out[0] <= out[1] < 2e-38 and np.isfinite(out[2]) and out[2] > 1e38
 
 
+@numba.njit
+def _tanh_and_sigmoid_each(tanh_out, sigmoid_out, x):
+    for n in range(x.size):
+        tanh_out[n] = kernels.tanh(x[n])
+        sigmoid_out[n] = kernels.sigmoid(x[n])
+
+
+def test_float32_tanh_and_sigmoid_are_within_4e_7_odd_and_saturating():
+    x = np.linspace(-12.0, 12.0, 2_000_001, dtype=np.float32)  # x[1_000_000] == 0
+    t, s = np.empty_like(x), np.empty_like(x)
+    _tanh_and_sigmoid_each(t, s, x)
+    wide = x.astype(np.float64)
+    assert np.max(np.abs(t - np.tanh(wide))) <= 4e-7
+    assert np.max(np.abs(s - 1.0 / (1.0 + np.exp(-wide)))) <= 4e-7
+    assert t[1_000_000] == 0.0 and s[1_000_000] == 0.5
+    np.testing.assert_array_equal(t, -t[::-1])  # odd, bit for bit
+    assert np.all(np.abs(t) <= 1.0) and np.all((s >= 0.0) & (s <= 1.0))
+    assert t[-1] == 1.0 and s[0] < 1e-5 and s[-1] > 1.0 - 1e-5
+
+
 # --------------------------------------------------------------------------------------------
 # Clipping
 
