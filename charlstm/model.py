@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from . import blas_threads, cells, kernels
+from .buffers import aligned_empty
 from .kernels import tiles
 
 GATE_NAMES = ("i", "f", "g", "o")  # order along the LSTM's 4H axis, as in PyTorch
@@ -235,40 +236,41 @@ def default_bands(hidden: int) -> int:
 
 class _TrainBuffers:
     """The buffers of one training window: feature-major sequences for BLAS, step-major ones
-    for the step kernels (see kernels.lstm_train_forward), U bands of Hu = H/U units."""
+    for the step kernels (see kernels.lstm_train_forward), U bands of Hu = H/U units; each
+    starts on a cache line (buffers.aligned_empty)."""
 
     def __init__(self, config: ModelConfig, T: int, B: int, U: int, dtype: np.dtype):
         H, L, V = config.hidden, config.layers, config.vocab_size
-        self.act = np.empty((L, T, 4 * H, B), dtype=dtype)  # activated i, f, g, o
-        self.c_steps = np.empty((L, T, H, B), dtype=dtype)  # cell memory
-        self.h_seq = np.empty((L, H, T, B), dtype=dtype)
+        self.act = aligned_empty((L, T, 4 * H, B), dtype=dtype)  # activated i, f, g, o
+        self.c_steps = aligned_empty((L, T, H, B), dtype=dtype)  # cell memory
+        self.h_seq = aligned_empty((L, H, T, B), dtype=dtype)
         # The state before each step, for dWh: a row per stream for the backward's steps when
         # the register tiles serve there (see _step_gradients_serve), else feature-major for
         # one product over the window (tiled or BLAS, below); the other left empty
         in_steps = self.dWh_in_steps = _step_gradients_serve(H, U, dtype)
-        self.h_prev = np.empty((L, 0 if in_steps else H, T, B), dtype=dtype)
-        self.h_prev_rows = np.empty((L, T if in_steps else 0, B, H), dtype=dtype)
+        self.h_prev = aligned_empty((L, 0 if in_steps else H, T, B), dtype=dtype)
+        self.h_prev_rows = aligned_empty((L, T if in_steps else 0, B, H), dtype=dtype)
         # The weight gradients dWh and dWx: on the register tiles over the window when they
         # serve (kernels.add_tiled_weight_gradient: the backward's dz packed in tiles of rows
         # once a layer for both, x packed in panels), else one BLAS product each from the
         # feature-major dz; x is h_prev or the layer below's output, feature-major, either way
         gradients_tiled = not in_steps and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
         self.gradients_tiled = gradients_tiled
-        self.dz_packed = np.empty((tiles.tiles_of(4 * H) if gradients_tiled else 0, T * B, tiles.ROWS), dtype)
+        self.dz_packed = aligned_empty((tiles.tiles_of(4 * H) if gradients_tiled else 0, T * B, tiles.ROWS), dtype)
         panels = -(-H // tiles.COLUMNS) if gradients_tiled else 0
-        self.x_panels = np.empty((panels, T * B, tiles.COLUMNS), dtype=dtype)
-        self.x_drop = np.empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
-        self.h0 = np.empty((L, H, B), dtype=dtype)
-        self.c0 = np.empty((L, H, B), dtype=dtype)
+        self.x_panels = aligned_empty((panels, T * B, tiles.COLUMNS), dtype=dtype)
+        self.x_drop = aligned_empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
+        self.h0 = aligned_empty((L, H, B), dtype=dtype)
+        self.c0 = aligned_empty((L, H, B), dtype=dtype)
         # The weights as the products read them. Wh for the step products: in the register
         # tiles of kernels.step_product when they serve (a band's 4Hu gate rows for the
         # forward, its Hu rows of Wh for the backward), else transposed into bands for BLAS
         # (the backward's BLAS reads Wh itself). The other layout is left empty.
         R, Hu = tiles.ROWS, H // U
         tiled = tiles.serve(tiles.STEP, 4 * Hu, B, dtype) and tiles.serve(tiles.STEP, Hu, B, dtype)
-        self.Wh_bands = np.empty((U, 0 if tiled else 4 * Hu, H), dtype=dtype)
-        self.Wh_packed = np.empty((U, tiles.tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
-        self.Wh_rows_packed = np.empty((U, tiles.tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
+        self.Wh_bands = aligned_empty((U, 0 if tiled else 4 * Hu, H), dtype=dtype)
+        self.Wh_packed = aligned_empty((U, tiles.tiles_of(4 * Hu) if tiled else 0, H, R), dtype=dtype)
+        self.Wh_rows_packed = aligned_empty((U, tiles.tiles_of(Hu) if tiled else 0, 4 * H, R), dtype=dtype)
         # Wx above the first layer. Coupled (the compile target's tiles serve tiles.COUPLING; no
         # measured CPU's do today, see tiles.GEOMETRIES):
         # packed like Wh, for the step kernels' own tile products x_t·Wx and Wx·dz_t, where the
@@ -289,31 +291,31 @@ class _TrainBuffers:
             L > 1 and not coupled and all(tiles.serve(tiles.WINDOW, M, B, dtype) for M in (4 * H, H))
         )
         windowed = self.windowed
-        self.Wx_window = np.empty((tiles.tiles_of(4 * H) if windowed else 0, H, R), dtype=dtype)
-        self.Wx_rows_window = np.empty((tiles.tiles_of(H) if windowed else 0, 4 * H, R), dtype=dtype)
-        self.Wx_packed = np.empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
-        self.Wx_rows_packed = np.empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
-        self.Wx_T = np.empty((0 if coupled or windowed else 4 * H, H), dtype=dtype)
-        self.proj = np.empty((0 if coupled or windowed else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
+        self.Wx_window = aligned_empty((tiles.tiles_of(4 * H) if windowed else 0, H, R), dtype=dtype)
+        self.Wx_rows_window = aligned_empty((tiles.tiles_of(H) if windowed else 0, 4 * H, R), dtype=dtype)
+        self.Wx_packed = aligned_empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
+        self.Wx_rows_packed = aligned_empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
+        self.Wx_T = aligned_empty((0 if coupled or windowed else 4 * H, H), dtype=dtype)
+        self.proj = aligned_empty((0 if coupled or windowed else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
         head_tiled = tiles.serve(tiles.HEAD, H, B, dtype)
-        self.head_T = np.empty((0 if head_tiled else V, H), dtype=dtype)
-        self.head_packed = np.empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
-        self.head_rows_packed = np.empty((tiles.tiles_of(H) if head_tiled else 0, V, R), dtype=dtype)
+        self.head_T = aligned_empty((0 if head_tiled else V, H), dtype=dtype)
+        self.head_packed = aligned_empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles
+        self.head_rows_packed = aligned_empty((tiles.tiles_of(H) if head_tiled else 0, V, R), dtype=dtype)
         V_rows = self.head_packed.shape[0] * R if head_tiled else V  # logit rows, padding included
-        self.table_T = np.empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
-        self.dtable_T = np.empty((4 * H, V), dtype=dtype)
-        self.dW_T = np.empty(max(4 * H, V) * H, dtype=dtype)  # a weight gradient, transposed
-        self.logits_padded = np.empty((V_rows, T * B), dtype=dtype)
+        self.table_T = aligned_empty((4 * H, V), dtype=dtype)  # first layer: (embed·Wx).T
+        self.dtable_T = aligned_empty((4 * H, V), dtype=dtype)
+        self.dW_T = aligned_empty(max(4 * H, V) * H, dtype=dtype)  # a weight gradient, transposed
+        self.logits_padded = aligned_empty((V_rows, T * B), dtype=dtype)
         self.logits_T = self.logits_padded[:V]
-        self.dlogits_T = np.empty((V, T * B), dtype=dtype)
+        self.dlogits_T = aligned_empty((V, T * B), dtype=dtype)
         # dz feature-major, for the products on BLAS that read it (see _wants_dz)
         dz_read = not self.gradients_tiled or (L > 1 and not coupled and not windowed)
-        self.dz = np.empty((4 * H if dz_read else 0, T, B), dtype=dtype)
-        self.dh = np.empty((H, T, B), dtype=dtype)
-        self.dz_steps = np.empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
+        self.dz = aligned_empty((4 * H if dz_read else 0, T, B), dtype=dtype)
+        self.dh = aligned_empty((H, T, B), dtype=dtype)
+        self.dz_steps = aligned_empty((T, 4 * H, B), dtype=dtype)  # step-major work of the kernels
         # Step-major h of a layer (forward), dh of a layer (backward): with the layers coupled
         # on the tiles, layer l's in steps[l % 2], read by the layer next to it as its input
-        self.steps = np.empty((2 if coupled else 1, T, H, B), dtype=dtype)
+        self.steps = aligned_empty((2 if coupled else 1, T, H, B), dtype=dtype)
         self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.kernels.spin)
 
 
