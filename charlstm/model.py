@@ -316,7 +316,8 @@ class _TrainBuffers:
         # Step-major h of a layer (forward), dh of a layer (backward): with the layers coupled
         # on the tiles, layer l's in steps[l % 2], read by the layer next to it as its input
         self.steps = aligned_empty((2 if coupled else 1, T, H, B), dtype=dtype)
-        self.meeting = np.zeros(2, dtype=np.int64)  # the threads' counters (charlstm.kernels.spin)
+        self.meeting = aligned_empty(2, np.int64)  # the threads' counters (charlstm.kernels.spin)
+        self.meeting[:] = 0
 
 
 def _draw_masks(ws: Workspace, dropout_rng: np.random.Generator | None) -> None:
