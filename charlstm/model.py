@@ -251,12 +251,11 @@ class _TrainBuffers:
         self.h_prev = aligned_empty((L, 0 if in_steps else H, T, B), dtype=dtype)
         self.h_prev_rows = aligned_empty((L, T if in_steps else 0, B, H), dtype=dtype)
         # The weight gradients dWh and dWx: on the register tiles over the window when they
-        # serve (kernels.add_tiled_weight_gradient: the backward's dz packed in tiles of rows
-        # once a layer for both, x packed in panels), else one BLAS product each from the
+        # serve (kernels.add_tiled_weight_gradient: the backward's dz_steps read in place, x
+        # packed in panels), else one BLAS product each from the
         # feature-major dz; x is h_prev or the layer below's output, feature-major, either way
         gradients_tiled = not in_steps and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
         self.gradients_tiled = gradients_tiled
-        self.dz_packed = aligned_empty((tiles.tiles_of(4 * H) if gradients_tiled else 0, T * B, tiles.ROWS), dtype)
         panels = -(-H // tiles.COLUMNS) if gradients_tiled else 0
         self.x_panels = aligned_empty((panels, T * B, tiles.COLUMNS), dtype=dtype)
         self.x_drop = aligned_empty((L, H, T, B), dtype=dtype)  # dropped-out h passed up
@@ -503,10 +502,9 @@ def _train_backward(
         )  # fmt: skip
         dz = tb.dz.reshape(-1, T * B)
         h_prev = tb.h_prev[layer].reshape(-1, T * B)  # (H, T*B), unless dWh was added up in the steps
-        if tb.gradients_tiled:  # dz in the tiles' rows, once for dWh and dWx
-            kernels.pack_step_rows(tb.dz_packed, tb.dz_steps, U)
+        if tb.gradients_tiled:  # from dz_steps in place, for dWh and dWx
             kernels.pack_panels(tb.x_panels, h_prev, U)
-            kernels.add_tiled_weight_gradient(grads[f"lstm.{layer}.Wh"], tb.dz_packed, tb.x_panels, work, U)
+            kernels.add_tiled_weight_gradient(grads[f"lstm.{layer}.Wh"], tb.dz_steps, tb.x_panels, work, U)
         elif not tb.dWh_in_steps:
             kernels.add_weight_gradient(grads[f"lstm.{layer}.Wh"], dz, h_prev, work, U)
         if layer == 0:  # through table_T = (embed·Wx).T, or Wx.T when one-hot
@@ -517,7 +515,7 @@ def _train_backward(
                 kernels.matmul_add(grads["embed"], tb.dtable_T.T, Wx.T)
         elif tb.gradients_tiled:
             kernels.pack_panels(tb.x_panels, _train_output(ws, tb, layer - 1), U)
-            kernels.add_tiled_weight_gradient(dWx, tb.dz_packed, tb.x_panels, work, U)
+            kernels.add_tiled_weight_gradient(dWx, tb.dz_steps, tb.x_panels, work, U)
         else:
             kernels.add_weight_gradient(dWx, dz, _train_output(ws, tb, layer - 1), work, U)
         if layer > 0:

@@ -90,8 +90,8 @@ def products_of(isa):
         add_product(out, W, x)
 
     @numba.njit
-    def run_product_of_panels(out, W_packed, x_panels, first, last):
-        product_of_panels(out, W_packed, x_panels, first, last)
+    def run_product_of_panels(out, W_steps, x_panels, first, last):
+        product_of_panels(out, W_steps, x_panels, first, last)
 
     return run_product, run_add_product, run_product_of_panels
 
@@ -163,10 +163,12 @@ def panels_reference(x, width):
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)], ids=["tiles", "loop"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
-    """tiles.product_of_panels: tiles first .. last-1 of out = W · x from W packed and x in
+    """tiles.product_of_panels: tiles first .. last-1 of out = W · x from W step-major, read in
+    place (K = T*B, W[m, t*B + b] = W_steps[t, m, b], as the backward's dz_steps) and x in
     panels of the tile's width (the last one narrower where the width does not divide N),
     over a K longer than one block of tiles reads at a time; the other rows untouched. More
-    tiles than PANEL_BLOCK, so that the blocks and the tails meet."""
+    tiles than PANEL_BLOCK, so that the blocks and the tails meet; steps of 32 columns (two
+    cache lines a row, as training's) and of 15 (less than one)."""
     g = tiles.GEOMETRIES[isa]
     _, _, run_product_of_panels = products_of(isa)
     rng = np.random.default_rng(4)
@@ -175,16 +177,18 @@ def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
     full, tails = tiles.tile_count(g, M)
     P, last_height = full + tails, g.tail_rows if tails else g.rows
     for N in sorted({g.lanes, width, 2 * width + g.lanes, 3 * width}):
-        K = 75
-        W = rng.normal(size=(M, K)).astype(dtype)
-        x = rng.normal(size=(K, N)).astype(dtype)
-        W64, x64 = W.astype(np.float64), x.astype(np.float64)
-        for first, last in ((0, P), (1, P - 1)):
-            out = np.full((M, N), np.nan, dtype=dtype)
-            run_product_of_panels(out, packed_reference(W, g), panels_reference(x, width), first, last)
-            lo, hi = first * g.rows, M if last == P else M - last_height
-            assert within(out[lo:hi], W64[lo:hi] @ x64, np.abs(W64[lo:hi]) @ np.abs(x64), rtol), (N, first)
-            assert np.all(np.isnan(out[:lo])) and np.all(np.isnan(out[hi:])), (N, first)
+        for T, B in ((5, 15), (3, 32)):
+            K = T * B
+            W = rng.normal(size=(M, K)).astype(dtype)
+            W_steps = np.ascontiguousarray(W.reshape(M, T, B).transpose(1, 0, 2))
+            x = rng.normal(size=(K, N)).astype(dtype)
+            W64, x64 = W.astype(np.float64), x.astype(np.float64)
+            for first, last in ((0, P), (1, P - 1)):
+                out = np.full((M, N), np.nan, dtype=dtype)
+                run_product_of_panels(out, W_steps, panels_reference(x, width), first, last)
+                lo, hi = first * g.rows, M if last == P else M - last_height
+                assert within(out[lo:hi], W64[lo:hi] @ x64, np.abs(W64[lo:hi]) @ np.abs(x64), rtol), (N, B, first)
+                assert np.all(np.isnan(out[:lo])) and np.all(np.isnan(out[hi:])), (N, B, first)
 
 
 def test_the_targets_packing_is_the_documented_layout():
@@ -238,7 +242,7 @@ def test_tiled_matmul_pads_the_rows_and_cuts_the_columns_into_bands(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     """kernels.tiled_steps_product (x·Wx and Wx·dz over a window, step-major) and
-    add_tiled_weight_gradient (dW from dz packed by pack_step_rows and x packed in panels by
+    add_tiled_weight_gradient (dW from dz step-major, read in place, and x packed in panels by
     pack_panels) on the target's tiles: rows in `threads` bands of whole tiles, the tails (AVX2)
     in the last; the packers give the documented layouts."""
     g = tiles.GEOMETRY
@@ -258,10 +262,6 @@ def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     inputs = tiles.COLUMNS + g.lanes  # the gradient's columns: a narrower last panel
     dz = rng.normal(size=(T, M, B)).astype(np.float32)  # dz_steps (T, G, B), G = M
     dz64 = dz.astype(np.float64).transpose(1, 0, 2).reshape(M, T * B)  # feature-major
-    dz_packed = np.full((sum(tiles.tile_count(g, M)), T * B, g.rows), np.nan, np.float32)
-    with numba_threads(threads):
-        kernels.pack_step_rows(dz_packed, dz, threads)
-    assert np.array_equal(dz_packed, packed_reference(dz64.astype(np.float32), g))
     x = rng.normal(size=(inputs, T * B)).astype(np.float32)  # feature-major, as h_prev and x_drop
     panels = np.full((2, T * B, tiles.COLUMNS), np.nan, np.float32)
     with numba_threads(threads):
@@ -270,7 +270,7 @@ def test_window_products_on_tiles_in_bands_of_whole_tiles(threads):
     start = rng.normal(size=(inputs, M)).astype(np.float32)
     dW, work = start.copy(), np.full((M, inputs), np.nan, np.float32)
     with numba_threads(threads):
-        kernels.add_tiled_weight_gradient(dW, dz_packed, panels, work, threads)
+        kernels.add_tiled_weight_gradient(dW, dz, panels, work, threads)
     x64 = x.astype(np.float64)
     scale = np.abs(start) + np.abs(x64) @ np.abs(dz64.T)
     assert within(dW, start + x64 @ dz64.T, scale, 1e-5)

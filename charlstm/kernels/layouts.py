@@ -154,38 +154,9 @@ def _pack(out, W, full, lo, hi, block, stride, offset, M):
 
 
 # A weight gradient over a window, dW (I, 4H) = x (I, T*B) · dz (4H, T*B).T, runs on the tiles
-# as its transpose dz · x.T (tiles.product_of_panels) with both operands packed once: dz, the
-# weights of that product, in tiles of rows (pack_step_rows, from the backward's step-major
-# dz_steps: each step's R x B block transposed, so that K = T*B runs t-major), and x in panels
-# of the tile's width (pack_panels, from the feature-major x).
-
-
-@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def pack_step_rows(out, steps, threads):
-    """out (P, T*B, R) = steps (T, M, B) as M rows of K = T*B in the tiles of plan(M):
-    out[p, t*B + b, i] = steps[t, first_row(p) + i, b] (a tail's unused slots zero), in
-    `threads` bands of tiles. Step by step, each step's block read while it is in cache
-    (3-4x faster than tile by tile, each tile's steps in turn: 2.2-2.9 ms for 16 MiB)."""
-    P = out.shape[0]
-    T, M, B = steps.shape
-    full, tails = tiles.plan(M)
-    for part in prange(threads):
-        lo, hi = part * P // threads, (part + 1) * P // threads
-        for p in range(max(lo, full), hi):  # the tails' unused slots
-            out[p, :, tiles.TAIL_ROWS :] = 0.0
-        for t in range(T):
-            step = steps[t]
-            for p in range(lo, min(hi, full)):  # loops of a fixed length, unrolled
-                for b in range(B):
-                    slots = out[p, t * B + b]
-                    for i in range(tiles.ROWS):
-                        slots[i] = step[p * tiles.ROWS + i, b]
-            for p in range(max(lo, full), hi):
-                first = tiles.first_row(p, full)
-                for b in range(B):
-                    slots = out[p, t * B + b]
-                    for i in range(tiles.TAIL_ROWS):
-                        slots[i] = step[first + i, b]
+# as its transpose dz · x.T (tiles.product_of_panels): dz, the weights of that product, read
+# in place from the backward's step-major dz_steps, and x packed in panels of the tile's width
+# (pack_panels, from the feature-major x).
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)

@@ -132,16 +132,16 @@ def tiled_steps_product(out, W_packed, x, threads):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-def add_tiled_weight_gradient(dW, dz_packed, x_panels, dW_T, threads):
+def add_tiled_weight_gradient(dW, dz_steps, x_panels, dW_T, threads):
     """dW (I, G) += x (I, K) · dz (G, K).T: a weight gradient over a window (K = T*B) on the
     register tiles, as its transpose dW_T (G, I) = dz · x.T (tiles.product_of_panels), then
-    added in transposed. dz comes packed in the tiles of plan(G) (layouts.pack_step_rows), x in
-    panels (J, K, tiles.COLUMNS) (layouts.pack_panels). In `threads` bands of whole tiles of G
-    rows, one per numba thread. dW_T: work (G, I)."""
+    added in transposed. dz step-major, dz_steps (T, G, B) as the backward leaves it (read in
+    place), x in panels (J, K, tiles.COLUMNS) (layouts.pack_panels). In `threads` bands of
+    whole tiles of G rows, one per numba thread. dW_T: work (G, I)."""
     G = dW_T.shape[0]
     for p in prange(threads):
         first, last, lo, hi = _band_of_tiles(p, threads, G)
-        tiles.product_of_panels(dW_T, dz_packed, x_panels, first, last)
+        tiles.product_of_panels(dW_T, dz_steps, x_panels, first, last)
         _transpose(dW[:, lo:hi], dW_T[lo:hi], True)
 
 

@@ -106,10 +106,14 @@ class Geometry:
 # - WINDOW_GRADIENT pays on AVX-512: 1.003 / 1.019 at 1x128, 1.018 / 1.008 at 2x256, 1.017 /
 #   1.017 at 2x512 (30 pairs, 2026-12-06); not on AVX2: 0.961-1.038, below 1 in four of
 #   six. The gradient alone (products.add_tiled_weight_gradient, one thread) runs at 107-111
-#   GFLOP/s on AVX-512 and 101-110 on AVX2 against OpenBLAS's 88-98, but costs packing dz in
-#   tiles (layouts.pack_step_rows, 1.5-3 ms a layer at 2x256-2x512) where BLAS reads dz
-#   feature-major. (Its first form read dz in place, K in chunks of steps, at 100-104
-#   GFLOP/s, and lost where dW_T outgrew L2: 0.999 / 0.991 at 2x512.)
+#   GFLOP/s on AVX-512 and 101-110 on AVX2 against OpenBLAS's 88-98, but then cost packing dz
+#   in tiles (1.5-3 ms a layer at 2x256-2x512) where BLAS reads dz feature-major. (Its first
+#   form read dz in place, K in chunks of steps, at 100-104 GFLOP/s, and lost where dW_T
+#   outgrew L2: 0.999 / 0.991 at 2x512.) Since 2026-12-07 it reads dz_steps in place again,
+#   all of K in registers, the next step's rows prefetched (112 GFLOP/s alone at 2x256 and
+#   2x512, as fast as from packed tiles, and no packing): against the packed form, versus.py
+#   gave 1.067 / 1.057 at 1x128, 1.003 / 1.033 at 2x256, 0.998 / 0.987 at 2x512 (Zen 4).
+#   AVX2 has not been measured without the packing: tile_choice.py may now find it pays.
 # So AVX-512 runs the step, the products between layers and the weight gradients on tiles,
 # AVX2 the step and the products between layers, the rest on BLAS; the head, dWh-in-the-steps
 # and coupling tiles stay built and tested, for a CPU where tile_choice.py shows they pay.
@@ -210,9 +214,10 @@ def _row_step(context, builder, array_type, array):
     return builder.sdiv(cgutils.unpack_tuple(builder, strides, 2)[0], _index(4))
 
 
-def _make_tile(rows, vectors, lanes, accumulate):
+def _make_tile(rows, vectors, lanes, accumulate, step_major=False):
     """The tile intrinsic for a block of `rows` x `vectors` * `lanes` columns, adding to the
-    output block (accumulate) or overwriting it."""
+    output block (accumulate) or overwriting it; W read as the tile's signature says, or
+    step-major (see below)."""
     vec = ir.VectorType(_F32, lanes)
 
     @intrinsic
@@ -220,7 +225,11 @@ def _make_tile(rows, vectors, lanes, accumulate):
         """out[row + i, col + c] (+)= sum over k < K of W[i, k] * x[k, col + c] for i < rows and
         c < vectors * lanes, with W[i, k] = w's element w_first + i*w_row_step + k*w_k_step
         counted from w's first one (any float32 array) and K = x.shape[0]. out and x float32
-        with contiguous rows (column slices of bigger arrays allowed). Nothing is checked."""
+        with contiguous rows (column slices of bigger arrays allowed). Nothing is checked.
+        Step-major: K = T*B runs over T steps of B = w_row_step columns each, k = t*B + b, and
+        W[i, k] = w's element w_first + i*B + t*w_k_step + b: the tile's rows of a step-major
+        (T, M, B) array, read in place; each step the tile's rows of the next are prefetched
+        (without, reading them cost what packing them would: 97 against 112 GFLOP/s)."""
         sig = types.void(out, w, x, *[types.intp] * 5)
 
         def codegen(context, builder, signature, args):
@@ -256,20 +265,44 @@ def _make_tile(rows, vectors, lanes, accumulate):
                 for i in range(rows)
             ]
             w_first_row = builder.gep(w_ptr, [w_first])
-            w_rows = [builder.gep(w_first_row, [builder.mul(_index(i), w_row_step)]) for i in range(rows)]
             x_col = builder.gep(x_ptr, [col])
 
-            with cgutils.for_range(builder, K) as loop:
-                k = loop.index
+            def add_rank_1(k, w_rows, w_k):
+                """The accumulators += W[:, k] (from w_rows at offset w_k) times row k of x."""
                 x_row = builder.gep(x_col, [builder.mul(k, x_row_step)])
                 xs = [builder.load(vector_at(x_row, v), align=4) for v in range(vectors)]
-                w_k = builder.mul(k, w_k_step)
                 for i in range(rows):
                     w = builder.load(builder.gep(w_rows[i], [w_k]))
                     in_lane_0 = builder.insert_element(undefined, w, lane_0)
                     ws = builder.shuffle_vector(in_lane_0, undefined, splat)
                     for v in range(vectors):
                         builder.store(builder.call(fma, [ws, xs[v], builder.load(acc[i][v])]), acc[i][v])
+
+            if step_major:
+                B = w_row_step
+                prefetch = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3),
+                    "llvm.prefetch.p0i8",
+                )
+                read, keep_close, data = (ir.Constant(ir.IntType(32), n) for n in (0, 3, 1))
+                line = 64 // 4  # floats a cache line
+                with cgutils.for_range(builder, builder.sdiv(K, B)) as steps:
+                    t = steps.index
+                    w_step = builder.gep(w_first_row, [builder.mul(t, w_k_step)])
+                    w_rows = [builder.gep(w_step, [builder.mul(_index(i), B)]) for i in range(rows)]
+                    with cgutils.for_range(builder, builder.sdiv(builder.add(B, _index(line - 1)), _index(line))) as lines:
+                        offset = builder.add(w_k_step, builder.mul(lines.index, _index(line)))
+                        for i in range(rows):  # a hint: past the array's end it does nothing
+                            address = builder.bitcast(builder.gep(w_rows[i], [offset]), ir.IntType(8).as_pointer())
+                            builder.call(prefetch, [address, read, keep_close, data])
+                    with cgutils.for_range(builder, B) as columns:
+                        b = columns.index
+                        add_rank_1(builder.add(builder.mul(t, B), b), w_rows, b)
+            else:
+                w_rows = [builder.gep(w_first_row, [builder.mul(_index(i), w_row_step)]) for i in range(rows)]
+                with cgutils.for_range(builder, K) as loop:
+                    add_rank_1(loop.index, w_rows, builder.mul(loop.index, w_k_step))
             for i in range(rows):
                 for v in range(vectors):
                     builder.store(builder.load(acc[i][v]), vector_at(out_rows[i], v), align=4)
@@ -280,14 +313,14 @@ def _make_tile(rows, vectors, lanes, accumulate):
     return tile
 
 
-def _tiles_across(g, rows, accumulate):
+def _tiles_across(g, rows, accumulate, step_major=False):
     """A row of tiles `rows` high for every column of the output: blocks of g.vectors vectors,
     then one narrower tile for the vectors left (N a multiple of g.lanes); the tiles fixed when
     compiled. numba picks no intrinsic by a run-time number, hence one branch per width."""
     lanes, width = g.lanes, g.vectors * g.lanes
-    wide = _make_tile(rows, g.vectors, lanes, accumulate)
-    narrow_1 = _make_tile(rows, 1, lanes, accumulate)
-    narrow_2 = _make_tile(rows, 2, lanes, accumulate) if g.vectors > 2 else narrow_1
+    wide = _make_tile(rows, g.vectors, lanes, accumulate, step_major)
+    narrow_1 = _make_tile(rows, 1, lanes, accumulate, step_major)
+    narrow_2 = _make_tile(rows, 2, lanes, accumulate, step_major) if g.vectors > 2 else narrow_1
     assert g.vectors <= 3, "one branch per narrower width: add one for wider tiles"
 
     @njit(inline="always")
@@ -336,6 +369,8 @@ def build(g: Geometry) -> SimpleNamespace:
     row_of_tail_tiles = _tiles_across(g, T, False)
     row_of_added_tiles = _tiles_across(g, R, True)
     row_of_added_tail_tiles = _tiles_across(g, T, True)
+    row_of_step_major_tiles = _tiles_across(g, R, False, step_major=True)
+    row_of_step_major_tail_tiles = _tiles_across(g, T, False, step_major=True)
 
     @njit(inline="always")
     def plan(M):
@@ -363,13 +398,14 @@ def build(g: Geometry) -> SimpleNamespace:
         rows contiguous. Kernels only, like product."""
         raise NotImplementedError("tiled products run inside numba kernels only")
 
-    def product_of_panels(out, W_packed, x_panels, first, last):
-        """Tiles first .. last-1 (of plan(M)) of out (M, N) = W (M, K) · x (K, N): W packed
-        (P, K, R) as for product, x in panels (J, K, width) of the tile's width (panel j holds
-        columns j*width .., the last one the N - (J-1)*width left), for a K too long for x
-        to stay in cache (a weight gradient over a window, K = T*B). In blocks of
-        PANEL_BLOCK tiles: every panel of x passes each block, whose weights stay in L2,
-        the tiles taking their sums over all of K in registers. Kernels only, like product."""
+    def product_of_panels(out, W_steps, x_panels, first, last):
+        """Tiles first .. last-1 (of plan(M)) of out (M, N) = W (M, K) · x (K, N): W step-major,
+        W_steps (T, M, B) with W[m, t*B + b] = W_steps[t, m, b] (the backward's dz_steps, read
+        in place), x in panels (J, K, width) of the tile's width (panel j holds columns
+        j*width .., the last one the N - (J-1)*width left), for a K = T*B too long for x to
+        stay in cache (a weight gradient over a window). In blocks of PANEL_BLOCK tiles: every
+        panel of x passes each block, whose weights stay in L2, the tiles taking their sums
+        over all of K in registers. Kernels only, like product."""
         raise NotImplementedError("tiled products run inside numba kernels only")
 
     @overload(product)
@@ -428,41 +464,42 @@ def build(g: Geometry) -> SimpleNamespace:
         return plain
 
     @overload(product_of_panels)
-    def _product_of_panels_overload(out, W_packed, x_panels, first, last):
+    def _product_of_panels_overload(out, W_steps, x_panels, first, last):
         if _float32(out):
 
-            def tiled(out, W_packed, x_panels, first, last):
-                tile_step = W_packed.strides[0] // W_packed.itemsize
-                k_step = W_packed.strides[1] // W_packed.itemsize
+            def tiled(out, W_steps, x_panels, first, last):
+                _, M, B = W_steps.shape
                 J, _, width = x_panels.shape
                 N = out.shape[1]
-                full, tails = plan(out.shape[0])
+                full, tails = plan(M)
                 for p0 in range(first, last, block):
                     for j in range(J):
                         n = min(width, N - j * width)
                         cols = out[:, j * width : j * width + n]
                         x = x_panels[j, :, :n]
                         for p in range(p0, min(last, p0 + block)):
-                            w_first = p * tile_step
+                            start = first_row(p, full)
                             if p < full:
-                                row_of_tiles(cols, W_packed, x, w_first, 1, k_step, p * R)
+                                row_of_step_major_tiles(cols, W_steps, x, start * B, B, M * B, start)
                             else:
-                                row_of_tail_tiles(cols, W_packed, x, w_first, 1, k_step, first_row(p, full))
+                                row_of_step_major_tail_tiles(cols, W_steps, x, start * B, B, M * B, start)
 
             return tiled
 
-        def plain(out, W_packed, x_panels, first, last):
+        def plain(out, W_steps, x_panels, first, last):
+            steps, M, B = W_steps.shape
             width = x_panels.shape[2]
-            full, tails = plan(out.shape[0])
+            full, tails = plan(M)
             for p in range(first, last):
                 start = first_row(p, full)
                 for i in range(R if p < full else T):
                     row = out[start + i]
                     row[:] = 0.0
-                    for k in range(W_packed.shape[1]):
-                        w = W_packed[p, k, i]
-                        for c in range(out.shape[1]):
-                            row[c] += w * x_panels[c // width, k, c % width]
+                    for t in range(steps):
+                        for b in range(B):
+                            w = W_steps[t, start + i, b]
+                            for c in range(out.shape[1]):
+                                row[c] += w * x_panels[c // width, t * B + b, c % width]
 
         return plain
 
