@@ -295,7 +295,9 @@ class _TrainBuffers:
         self.Wx_packed = aligned_empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
         self.Wx_rows_packed = aligned_empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
         self.Wx_T = aligned_empty((0 if coupled or windowed else 4 * H, H), dtype=dtype)
-        self.proj = aligned_empty((0 if coupled or windowed else 4 * H, T, B), dtype=dtype)  # Wx.T·x, for BLAS
+        self.proj = aligned_empty(
+            (0 if coupled or windowed else 4 * H, T, B), dtype=dtype
+        )  # Wx.T·x, for BLAS
         head_tiled = tiles.serve(tiles.HEAD, H, B, dtype)
         self.head_T = aligned_empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = aligned_empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles

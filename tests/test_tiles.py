@@ -187,7 +187,11 @@ def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
                 out = np.full((M, N), np.nan, dtype=dtype)
                 run_product_of_panels(out, W_steps, panels_reference(x, width), first, last)
                 lo, hi = first * g.rows, M if last == P else M - last_height
-                assert within(out[lo:hi], W64[lo:hi] @ x64, np.abs(W64[lo:hi]) @ np.abs(x64), rtol), (N, B, first)
+                assert within(out[lo:hi], W64[lo:hi] @ x64, np.abs(W64[lo:hi]) @ np.abs(x64), rtol), (
+                    N,
+                    B,
+                    first,
+                )
                 assert np.all(np.isnan(out[:lo])) and np.all(np.isnan(out[hi:])), (N, B, first)
 
 

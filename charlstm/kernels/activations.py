@@ -48,7 +48,9 @@ def _multiply_add(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         f32 = ir.FloatType()
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fmuladd.f32")
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fmuladd.f32"
+        )
         return builder.call(fmuladd, args)
 
     return types.float32(types.float32, types.float32, types.float32), codegen

@@ -350,8 +350,7 @@ def _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi):
 def _backward_band_step(dz_steps, act, c_steps, dh_steps, dh_next, dc, c0, t, lo, hi):
     """Step t of lstm_train_backward for the units lo .. hi-1: their rows of dz_steps[t] and
     of dc (H, B), from dh_steps[t] and dh_next (H, B)."""
-    T, G, B = act.shape
-    H = G // 4
+    H = act.shape[1] // 4
     one = dz_steps.dtype.type(1.0)  # keeps float32 arithmetic in float32
     at = act[t]
     dzt = dz_steps[t]

@@ -291,10 +291,14 @@ def _make_tile(rows, vectors, lanes, accumulate, step_major=False):
                     t = steps.index
                     w_step = builder.gep(w_first_row, [builder.mul(t, w_k_step)])
                     w_rows = [builder.gep(w_step, [builder.mul(_index(i), B)]) for i in range(rows)]
-                    with cgutils.for_range(builder, builder.sdiv(builder.add(B, _index(line - 1)), _index(line))) as lines:
+                    with cgutils.for_range(
+                        builder, builder.sdiv(builder.add(B, _index(line - 1)), _index(line))
+                    ) as lines:
                         offset = builder.add(w_k_step, builder.mul(lines.index, _index(line)))
                         for i in range(rows):  # a hint: past the array's end it does nothing
-                            address = builder.bitcast(builder.gep(w_rows[i], [offset]), ir.IntType(8).as_pointer())
+                            address = builder.bitcast(
+                                builder.gep(w_rows[i], [offset]), ir.IntType(8).as_pointer()
+                            )
                             builder.call(prefetch, [address, read, keep_close, data])
                     with cgutils.for_range(builder, B) as columns:
                         b = columns.index
