@@ -168,7 +168,8 @@ def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
     panels of the tile's width (the last one narrower where the width does not divide N),
     over a K longer than one block of tiles reads at a time; the other rows untouched. More
     tiles than PANEL_BLOCK, so that the blocks and the tails meet; steps of 32 columns (two
-    cache lines a row, as training's) and of 15 (less than one)."""
+    cache lines a row, as training's) and of 15 (less than one); W_steps contiguous and with
+    room between its steps (the first M rows of a taller array: the step stride is read)."""
     g = tiles.GEOMETRIES[isa]
     _, _, run_product_of_panels = products_of(isa)
     rng = np.random.default_rng(4)
@@ -180,10 +181,13 @@ def test_every_geometry_multiplies_x_in_panels_over_a_long_k(isa, dtype, rtol):
         for T, B in ((5, 15), (3, 32)):
             K = T * B
             W = rng.normal(size=(M, K)).astype(dtype)
-            W_steps = np.ascontiguousarray(W.reshape(M, T, B).transpose(1, 0, 2))
+            taller = np.full((T, M + 3, B), np.nan, dtype=dtype)
+            taller[:, :M] = W.reshape(M, T, B).transpose(1, 0, 2)
             x = rng.normal(size=(K, N)).astype(dtype)
             W64, x64 = W.astype(np.float64), x.astype(np.float64)
-            for first, last in ((0, P), (1, P - 1)):
+            for (first, last), W_steps in zip(
+                ((0, P), (1, P - 1)), (np.ascontiguousarray(taller[:, :M]), taller[:, :M]), strict=True
+            ):
                 out = np.full((M, N), np.nan, dtype=dtype)
                 run_product_of_panels(out, W_steps, panels_reference(x, width), first, last)
                 lo, hi = first * g.rows, M if last == P else M - last_height

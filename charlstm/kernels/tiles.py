@@ -113,7 +113,11 @@ class Geometry:
 #   all of K in registers, the next step's rows prefetched (112 GFLOP/s alone at 2x256 and
 #   2x512, as fast as from packed tiles, and no packing): against the packed form, versus.py
 #   gave 1.067 / 1.057 at 1x128, 1.003 / 1.033 at 2x256, 0.998 / 0.987 at 2x512 (Zen 4).
-#   AVX2 has not been measured without the packing: tile_choice.py may now find it pays.
+#   On AVX2 it still does not pay without the packing: 0.987 / 1.020 at 1x128, 0.996 / 0.991
+#   at 2x256, 0.994 / 0.933 at 2x512 (30 pairs, Zen 4 built for znver3, 2026-12-07 third
+#   session). Alone it ran at 69-94 GFLOP/s against OpenBLAS's 79-92 there (runs that far
+#   apart: a noisy host), and padding the steps apart (dz_steps' steps lie 128 KiB apart, one
+#   L2 set) changed nothing on either ISA.
 # So AVX-512 runs the step, the products between layers and the weight gradients on tiles,
 # AVX2 the step and the products between layers, the rest on BLAS; the head, dWh-in-the-steps
 # and coupling tiles stay built and tested, for a CPU where tile_choice.py shows they pay.
@@ -405,7 +409,8 @@ def build(g: Geometry) -> SimpleNamespace:
     def product_of_panels(out, W_steps, x_panels, first, last):
         """Tiles first .. last-1 (of plan(M)) of out (M, N) = W (M, K) · x (K, N): W step-major,
         W_steps (T, M, B) with W[m, t*B + b] = W_steps[t, m, b] (the backward's dz_steps, read
-        in place), x in panels (J, K, width) of the tile's width (panel j holds columns
+        in place; each step's (M, B) contiguous, the steps any stride apart), x in panels
+        (J, K, width) of the tile's width (panel j holds columns
         j*width .., the last one the N - (J-1)*width left), for a K = T*B too long for x to
         stay in cache (a weight gradient over a window). In blocks of PANEL_BLOCK tiles: every
         panel of x passes each block, whose weights stay in L2, the tiles taking their sums
@@ -473,6 +478,7 @@ def build(g: Geometry) -> SimpleNamespace:
 
             def tiled(out, W_steps, x_panels, first, last):
                 _, M, B = W_steps.shape
+                step = W_steps.strides[0] // W_steps.itemsize
                 J, _, width = x_panels.shape
                 N = out.shape[1]
                 full, tails = plan(M)
@@ -484,9 +490,9 @@ def build(g: Geometry) -> SimpleNamespace:
                         for p in range(p0, min(last, p0 + block)):
                             start = first_row(p, full)
                             if p < full:
-                                row_of_step_major_tiles(cols, W_steps, x, start * B, B, M * B, start)
+                                row_of_step_major_tiles(cols, W_steps, x, start * B, B, step, start)
                             else:
-                                row_of_step_major_tail_tiles(cols, W_steps, x, start * B, B, M * B, start)
+                                row_of_step_major_tail_tiles(cols, W_steps, x, start * B, B, step, start)
 
             return tiled
 
