@@ -160,12 +160,16 @@ def _look_up_band(act, table_T, tokens, t, lo, Hu):
     T, G, B = act.shape
     H = G // 4
     tok = tokens[t * B : (t + 1) * B]
-    for q in range(4):
-        for k in range(q * H + lo, q * H + lo + Hu):
-            row = table_T[k]
-            dst = act[t, k]
-            for r in range(B):
-                dst[r] = row[np.uint64(tok[r])]  # unsigned: no wrap-around check (0.92 -> 0.71 ms)
+    at = act[t]
+    for k in range(lo, lo + Hu):  # a unit's four gate rows at once: one token read for four values
+        i_row, f_row, g_row, o_row = table_T[k], table_T[H + k], table_T[2 * H + k], table_T[3 * H + k]
+        i_dst, f_dst, g_dst, o_dst = at[k], at[H + k], at[2 * H + k], at[3 * H + k]
+        for r in range(B):
+            v = np.uint64(tok[r])  # unsigned: no wrap-around check (0.92 -> 0.71 ms)
+            i_dst[r] = i_row[v]
+            f_dst[r] = f_row[v]
+            g_dst[r] = g_row[v]
+            o_dst[r] = o_row[v]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -338,12 +342,16 @@ def _scatter_band(dtable_T, dz_steps, tokens, t, lo, hi):
     T, G, B = dz_steps.shape
     H = G // 4
     tok = tokens[t * B : (t + 1) * B]
-    for q in range(4):
-        for k in range(q * H + lo, q * H + hi):
-            row = dtable_T[k]
-            src = dz_steps[t, k]
-            for r in range(B):
-                row[np.uint64(tok[r])] += src[r]  # unsigned, as in _look_up_band (1.55 -> 1.31 ms)
+    dzt = dz_steps[t]
+    for k in range(lo, hi):  # a unit's four gate rows at once, as in _look_up_band
+        i_row, f_row, g_row, o_row = dtable_T[k], dtable_T[H + k], dtable_T[2 * H + k], dtable_T[3 * H + k]
+        i_src, f_src, g_src, o_src = dzt[k], dzt[H + k], dzt[2 * H + k], dzt[3 * H + k]
+        for r in range(B):
+            v = np.uint64(tok[r])  # unsigned, as in _look_up_band (1.55 -> 1.31 ms)
+            i_row[v] += i_src[r]
+            f_row[v] += f_src[r]
+            g_row[v] += g_src[r]
+            o_row[v] += o_src[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
