@@ -30,10 +30,22 @@ ISA_ENV = {
 }
 
 
-def environment(isa: str, threads: int) -> dict[str, str]:
-    """os.environ for a benchmark child on `isa` with every thread pool sized `threads`."""
+# glibc's malloc told to keep what is freed (no mmap for large blocks, no trimming): PyTorch
+# allocates its large tensors afresh every step, and by default glibc maps and unmaps them, so
+# some steps pay page faults. Measured on a Zen 4, 2x256 (B=32, T=64): PyTorch's steps ran at
+# 116-190 ms on one thread by default, 117-146 with this; on two threads 69-112 against 67-81
+# (per-process rates 21.0k-27.3k chars/s against 28.8k-28.9k). charlstm allocates its buffers
+# once and does not notice. bench/train_speed.py times PyTorch both ways.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def environment(isa: str, threads: int, keep_freed_memory: bool = False) -> dict[str, str]:
+    """os.environ for a benchmark child on `isa` with every thread pool sized `threads`; glibc's
+    malloc keeping what is freed when asked (KEEP_FREED_MEMORY)."""
     env = {k: v for k, v in os.environ.items() if k not in _OPENBLAS_PRESETS}
     env.update(ISA_ENV[isa])
+    if keep_freed_memory:
+        env.update(KEEP_FREED_MEMORY)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
     return env

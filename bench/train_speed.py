@@ -6,7 +6,9 @@ against the same step in PyTorch, side by side.
 
 Each measurement runs in its own subprocess with the thread count fixed through the
 environment (BLAS and OpenMP pools are sized when they load), and the two implementations
-alternate so that a noisy neighbour hurts both alike. B=32, T=64, V=65, E=64, float32.
+alternate so that a noisy neighbour hurts both alike. PyTorch runs twice each round: as it
+comes, and with glibc's malloc keeping what is freed (bench/isa.py KEEP_FREED_MEMORY), its
+best; a ratio against each. B=32, T=64, V=65, E=64, float32.
 PyTorch columns are blank when torch is not installed. --isa runs every row on each instruction
 set in turn, charlstm and PyTorch both held to it (bench/isa.py), and first prints what that
 build runs on: its tile, OpenBLAS's kernels, the FMA peak of one core, the recurrent product's
@@ -103,11 +105,13 @@ def time_torch(layers: int, hidden: int, threads: int, cell: str = "lstm") -> fl
     return chars_per_second(lambda k: step())
 
 
-def measure_in_subprocess(child: str, isa: str, threads: int) -> dict | None:
-    """Run this script's `--child` job on `isa` with `threads` threads; its JSON answer, or None
-    when it needs torch and torch is not installed."""
+def measure_in_subprocess(child: str, isa: str, threads: int, keep_freed_memory: bool = False) -> dict | None:
+    """Run this script's `--child` job on `isa` with `threads` threads (glibc's malloc keeping
+    what is freed when asked); its JSON answer, or None when it needs torch and torch is not
+    installed."""
     cmd = [sys.executable, __file__, "--child", child]
-    result = subprocess.run(cmd, env=isa_env.environment(isa, threads), capture_output=True, text=True)
+    env = isa_env.environment(isa, threads, keep_freed_memory)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         if "No module named 'torch'" in result.stderr:
             return None
@@ -182,19 +186,22 @@ def main() -> None:
         print(f"\n--isa {isa}: built for {f['isa']} (tile {f['tile']}), OpenBLAS {f['openblas']}; "
               f"FMA peak {f['peak']:.0f} GFLOP/s a core; step product x32, one thread, GFLOP/s: "
               f"{products} (BLAS {blas})")  # fmt: skip
-        print(f"{'isa':>6} {'L x H':>7} {'threads':>7} {'charlstm':>10} {'pytorch':>10} {'ratio':>7}")
+        print(f"{'isa':>6} {'L x H':>7} {'threads':>7} {'charlstm':>10} {'pytorch':>10} {'ratio':>7} "
+              f"{'pytorch, malloc kept':>21} {'ratio':>7}")  # fmt: skip
         for layers, hidden in sizes:
             for threads in thread_counts:
-                ours, theirs = 0.0, None
-                for _ in range(args.repeats):  # alternate so both see the same machine
+                ours, theirs = 0.0, {False: None, True: None}
+                for _ in range(args.repeats):  # alternate so all three see the same machine
                     job = f"{layers}:{hidden}:{threads}:{args.cell}"
                     ours = max(ours, measure_in_subprocess(f"charlstm:{job}", isa, threads)["chars_per_s"])
-                    rate = measure_in_subprocess(f"torch:{job}", isa, threads)
-                    if rate is not None:
-                        theirs = max(theirs or 0.0, rate["chars_per_s"])
-                ratio = f"{ours / theirs:7.2f}" if theirs else f"{'-':>7}"
-                torch_col = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
-                row = f"{isa:>6} {layers:>3}x{hidden:<3} {threads:>7} {ours:10.0f} {torch_col} {ratio}"
+                    for kept in theirs:
+                        rate = measure_in_subprocess(f"torch:{job}", isa, threads, kept)
+                        if rate is not None:
+                            theirs[kept] = max(theirs[kept] or 0.0, rate["chars_per_s"])
+                row = f"{isa:>6} {layers:>3}x{hidden:<3} {threads:>7} {ours:10.0f}"
+                for kept, width in ((False, 10), (True, 21)):
+                    rate = theirs[kept]
+                    row += f" {rate:{width}.0f} {ours / rate:7.2f}" if rate else f" {'-':>{width}} {'-':>7}"
                 print(row, flush=True)
         if args.end_to_end:  # the run and the bare step in turn, each run against the steps beside it
             steps, runs = [], []
