@@ -252,8 +252,8 @@ class _TrainBuffers:
         self.h_prev_rows = aligned_empty((L, T if in_steps else 0, B, H), dtype=dtype)
         # The weight gradients dWh and dWx: on the register tiles over the window when they
         # serve (kernels.add_tiled_weight_gradient: the backward's dz_steps read in place, x
-        # packed in panels), else one BLAS product each from the
-        # feature-major dz; x is h_prev or the layer below's output, feature-major, either way
+        # packed in panels), else one BLAS product each from the feature-major dz; x is h_prev
+        # or the layer below's output, feature-major, either way
         gradients_tiled = not in_steps and tiles.serve(tiles.WINDOW_GRADIENT, 4 * H, H, dtype)
         self.gradients_tiled = gradients_tiled
         panels = -(-H // tiles.COLUMNS) if gradients_tiled else 0
@@ -295,9 +295,8 @@ class _TrainBuffers:
         self.Wx_packed = aligned_empty((U, tiles.tiles_of(4 * Hu) if coupled else 0, H, R), dtype=dtype)
         self.Wx_rows_packed = aligned_empty((U, tiles.tiles_of(Hu) if coupled else 0, 4 * H, R), dtype=dtype)
         self.Wx_T = aligned_empty((0 if coupled or windowed else 4 * H, H), dtype=dtype)
-        self.proj = aligned_empty(
-            (0 if coupled or windowed else 4 * H, T, B), dtype=dtype
-        )  # Wx.T·x, for BLAS
+        # Wx.T·x, for BLAS
+        self.proj = aligned_empty((0 if coupled or windowed else 4 * H, T, B), dtype=dtype)
         head_tiled = tiles.serve(tiles.HEAD, H, B, dtype)
         self.head_T = aligned_empty((0 if head_tiled else V, H), dtype=dtype)
         self.head_packed = aligned_empty((-(-V // R) if head_tiled else 0, H, R), dtype=dtype)  # whole tiles

@@ -410,9 +410,9 @@ def build(g: Geometry) -> SimpleNamespace:
         """Tiles first .. last-1 (of plan(M)) of out (M, N) = W (M, K) · x (K, N): W step-major,
         W_steps (T, M, B) with W[m, t*B + b] = W_steps[t, m, b] (the backward's dz_steps, read
         in place; each step's (M, B) contiguous, the steps any stride apart), x in panels
-        (J, K, width) of the tile's width (panel j holds columns
-        j*width .., the last one the N - (J-1)*width left), for a K = T*B too long for x to
-        stay in cache (a weight gradient over a window). In blocks of PANEL_BLOCK tiles: every
+        (J, K, width) of the tile's width (panel j holds columns j*width .., the last one the
+        N - (J-1)*width left), for a K = T*B too long for x to stay in cache (a weight
+        gradient over a window). In blocks of PANEL_BLOCK tiles: every
         panel of x passes each block, whose weights stay in L2, the tiles taking their sums
         over all of K in registers. Kernels only, like product."""
         raise NotImplementedError("tiled products run inside numba kernels only")
