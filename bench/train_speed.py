@@ -12,7 +12,9 @@ best; a ratio against each. B=32, T=64, V=65, E=64, float32.
 PyTorch columns are blank when torch is not installed. --isa runs every row on each instruction
 set in turn, charlstm and PyTorch both held to it (bench/isa.py), and first prints what that
 build runs on: its tile, OpenBLAS's kernels, the FMA peak of one core, the recurrent product's
-GFLOP/s. --end-to-end times `charlstm train` with its defaults against the bare step.
+GFLOP/s. --end-to-end times `charlstm train` with its defaults against the bare step, with
+dropout off (the table's) and on at train's default rate (what train's steps do).
+The child job `charlstm:L:H:threads[:cell[:dropout]]` times one step alone (bench/versus.py).
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def charlstm_step(layers: int, hidden: int, cell: str = "lstm", dropout: float =
     return step
 
 
-def time_charlstm(layers: int, hidden: int, cell: str = "lstm") -> float:
-    step = charlstm_step(layers, hidden, cell)
+def time_charlstm(layers: int, hidden: int, cell: str = "lstm", dropout: float = 0.0) -> float:
+    step = charlstm_step(layers, hidden, cell, dropout)
     step(1)
     return chars_per_second(lambda k: step(k + 2))
 
@@ -146,6 +148,38 @@ def end_to_end(isa: str, steps: int) -> dict:
     return {"wall": seen / elapsed[max(elapsed)], "steps_only": steps_only}
 
 
+def print_end_to_end(isa: str, steps: int, repeats: int) -> None:
+    """`charlstm train`'s rate against the bare step's (dropout off, as in the table; and on,
+    at train's default rate, as train's steps run), each run against the bare steps timed just
+    before and after it: the best of `repeats` such pairs."""
+    from charlstm.options import TrainOptions
+
+    dropout = TrainOptions().dropout
+    bare: dict[float, list[float]] = {0.0: [], dropout: []}
+    runs = []
+
+    def time_bare() -> None:
+        for rate, rates in bare.items():
+            rates.append(measure_in_subprocess(f"charlstm:2:256:2:lstm:{rate}", isa, 2)["chars_per_s"])
+
+    for _ in range(repeats):
+        time_bare()
+        runs.append(end_to_end(isa, steps))
+    time_bare()
+    beside = {rate: [max(a, b) for a, b in zip(r, r[1:], strict=False)] for rate, r in bare.items()}
+
+    def best(key: str, rate: float) -> float:
+        return max(run[key] / s for run, s in zip(runs, beside[rate], strict=True))
+
+    print(f"end to end, charlstm train (2x256, 2 threads, {steps} steps, defaults): "
+          f"{max(r['wall'] for r in runs):.0f} characters/s over the run with validation and "
+          f"checkpoints, {max(r['steps_only'] for r in runs):.0f} over its steps alone; the bare "
+          f"step {max(bare[0.0]):.0f} with dropout off, {max(bare[dropout]):.0f} with {dropout}; "
+          f"best of {repeats} pairs, run / bare steps beside it: {best('wall', 0.0):.2f} over the run, "
+          f"{best('steps_only', 0.0):.2f} over its steps (dropout off); {best('wall', dropout):.2f} "
+          f"and {best('steps_only', dropout):.2f} (dropout {dropout})", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1x128,2x256,2x512,3x512")
@@ -166,7 +200,8 @@ def main() -> None:
         layers, hidden, threads = (int(n) for n in rest[:3])
         cell = rest[3] if len(rest) > 3 else "lstm"
         if impl == "charlstm":
-            print(json.dumps({"chars_per_s": time_charlstm(layers, hidden, cell)}))
+            dropout = float(rest[4]) if len(rest) > 4 else 0.0
+            print(json.dumps({"chars_per_s": time_charlstm(layers, hidden, cell, dropout)}))
         else:
             print(json.dumps({"chars_per_s": time_torch(layers, hidden, threads, cell)}))
         return
@@ -203,20 +238,8 @@ def main() -> None:
                     rate = theirs[kept]
                     row += f" {rate:{width}.0f} {ours / rate:7.2f}" if rate else f" {'-':>{width}} {'-':>7}"
                 print(row, flush=True)
-        if args.end_to_end:  # the run and the bare step in turn, each run against the steps beside it
-            steps, runs = [], []
-            for _ in range(args.repeats):
-                steps.append(measure_in_subprocess("charlstm:2:256:2", isa, 2)["chars_per_s"])
-                runs.append(end_to_end(isa, args.end_to_end))
-            steps.append(measure_in_subprocess("charlstm:2:256:2", isa, 2)["chars_per_s"])
-            beside = [max(a, b) for a, b in zip(steps, steps[1:], strict=False)]
-            whole = max(r["wall"] / s for r, s in zip(runs, beside, strict=True))
-            alone = max(r["steps_only"] / s for r, s in zip(runs, beside, strict=True))
-            print(f"end to end, charlstm train (2x256, 2 threads, {args.end_to_end} steps, defaults): "
-                  f"{max(r['wall'] for r in runs):.0f} characters/s over the run with validation and "
-                  f"checkpoints, {max(r['steps_only'] for r in runs):.0f} over its steps alone; the bare "
-                  f"step (dropout off) {max(steps):.0f}; best of {args.repeats} pairs, run / steps "
-                  f"beside it: {whole:.2f} over the run, {alone:.2f} over its steps", flush=True)  # fmt: skip
+        if args.end_to_end:
+            print_end_to_end(isa, args.end_to_end, args.repeats)
 
 
 if __name__ == "__main__":

@@ -420,16 +420,10 @@ def _train_forward(
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
         elif tb.coupled:  # x_t·Wx inside the steps, from the layer below's step-major output
-            if ws.dropout_on:
-                below = _steps_of(tb, layer - 1)
-                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2), U)
-            kernels.pack_into_bands(tb.Wx_packed, Wx)
+            kernels.pack_into_bands(tb.Wx_packed, Wx)  # (the output dropped out, if dropout)
         elif tb.windowed:  # x·Wx on the tiles over the window, from the same step-major output
-            below = _steps_of(tb, layer - 1)
-            if ws.dropout_on:
-                kernels.apply_dropout(below, below, ws.masks_fm[layer - 1].transpose(1, 0, 2), U)
             kernels.pack_rows(tb.Wx_window, Wx.T, 4 * H, U)
-            kernels.tiled_steps_product(tb.act[layer], tb.Wx_window, below, U)
+            kernels.tiled_steps_product(tb.act[layer], tb.Wx_window, _steps_of(tb, layer - 1), U)
         else:
             kernels.transpose_into(tb.Wx_T, Wx, U)
             proj = tb.proj.reshape(4 * H, T * B)  # Wx.T·x
@@ -439,13 +433,14 @@ def _train_forward(
         tb.h0[layer] = h[layer].T
         tb.c0[layer] = c[layer].T
         x_steps, Wx_packed = _coupling_of(tb, layer, tb.Wx_packed)
+        # with dropout, the kernel leaves x_drop and the step-major output (the next layer's
+        # input) dropped out
+        x_drop, mask = _dropout_of(ws, tb, layer)
         kernels.lstm_train_forward(
             tb.h_seq[layer], tb.h_prev[layer], tb.h_prev_rows[layer], tb.act[layer], tb.c_steps[layer],
             _steps_of(tb, layer), tb.Wh_bands, tb.Wh_packed, params[f"lstm.{layer}.b"], tb.h0[layer],
-            tb.c0[layer], tb.table_T, _tokens_of(ws, layer), x_steps, Wx_packed, tb.meeting,
+            tb.c0[layer], tb.table_T, _tokens_of(ws, layer), x_steps, Wx_packed, x_drop, mask, tb.meeting,
         )  # fmt: skip
-        if ws.dropout_on:
-            kernels.apply_dropout(tb.x_drop[layer], tb.h_seq[layer], ws.masks_fm[layer], U)
         h[layer] = tb.h_seq[layer, :, T - 1].T
         c[layer] = tb.c_steps[layer, T - 1].T
 
@@ -480,10 +475,12 @@ def _train_backward(
         # steps from the layer above's backward (coupled)
         from_steps = (tb.coupled or tb.windowed) and layer < L - 1
         dh_steps = _steps_of(tb, layer)
+        # dropout's backward: here when dh is step-major already, else in the kernel's copy
+        dh_mask = tb.dh[:0]  # (0, T, B): none
         if ws.dropout_on and from_steps:
             kernels.apply_dropout(dh_steps, dh_steps, ws.masks_fm[layer].transpose(1, 0, 2), U)
         elif ws.dropout_on:
-            kernels.apply_dropout(tb.dh, tb.dh, ws.masks_fm[layer], U)
+            dh_mask = ws.masks_fm[layer]
         Wx, dWx = params[f"lstm.{layer}.Wx"], grads[f"lstm.{layer}.Wx"]
         if layer == 0:
             tb.dtable_T[...] = 0.0
@@ -497,9 +494,9 @@ def _train_backward(
         dx_steps, Wx_rows_packed = _coupling_of(tb, layer, tb.Wx_rows_packed)
         kernels.lstm_train_backward(
             dz_wanted, grads[f"lstm.{layer}.b"], grads[f"lstm.{layer}.Wh"], work,
-            tb.dh[:0] if from_steps else tb.dh, tb.act[layer], tb.c_steps[layer], params[f"lstm.{layer}.Wh"],
-            tb.Wh_rows_packed, tb.c0[layer], h_prev_rows, tb.dz_steps, dh_steps, tb.dtable_T,
-            _tokens_of(ws, layer), dx_steps, Wx_rows_packed, U, tb.meeting,
+            tb.dh[:0] if from_steps else tb.dh, dh_mask, tb.act[layer], tb.c_steps[layer],
+            params[f"lstm.{layer}.Wh"], tb.Wh_rows_packed, tb.c0[layer], h_prev_rows, tb.dz_steps, dh_steps,
+            tb.dtable_T, _tokens_of(ws, layer), dx_steps, Wx_rows_packed, U, tb.meeting,
         )  # fmt: skip
         dz = tb.dz.reshape(-1, T * B)
         h_prev = tb.h_prev[layer].reshape(-1, T * B)  # (H, T*B), unless dWh was added up in the steps
@@ -526,6 +523,14 @@ def _train_backward(
             elif not tb.coupled:  # else lstm_train_backward passed it down step-major
                 kernels.matmul_rows(dh, Wx, dz, U)  # gradient w.r.t. the layer below's output
     return loss
+
+
+def _dropout_of(ws: Workspace, tb: _TrainBuffers, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x_drop, mask), each (H, T, B), of the layer's output when dropout is on; else both
+    empty (0, T, B), which tells the step kernels there is none."""
+    if ws.dropout_on:
+        return tb.x_drop[layer], ws.masks_fm[layer]
+    return tb.h_seq[layer, :0], tb.h_seq[layer, :0]
 
 
 def _wants_dz(tb: _TrainBuffers, layer: int) -> bool:

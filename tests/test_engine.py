@@ -215,13 +215,16 @@ def numba_threads(threads):
         numba.set_num_threads(before)
 
 
-def run_band_kernels(threads, tiled=False, seed=21, bands=2, coupled=False):
+def run_band_kernels(threads, tiled=False, seed=21, bands=2, coupled=False, dropout=None):
     """lstm_train_forward then lstm_train_backward on random inputs, with numba on `threads`
     threads: (every output, how the forward's team met, how the backward's did); the latter is
     meeting[0]: the number of members that joined, or negative if one member claimed all the
     work (spin.join_team). float64 through BLAS, or (tiled) float32 on the register tiles.
     The input projection is looked up, as for a first layer; or (coupled, tiled) a layer above
-    the first's: x_t·Wx and the gradient passed down, Wx·dz_t, on the tiles in the steps."""
+    the first's: x_t·Wx and the gradient passed down, Wx·dz_t, on the tiles in the steps.
+    dropout: "fused", masks (0 or 2) given to both kernels; "beforehand", the same masks'
+    backward applied to dh by the caller and none given; the outputs then end with x_drop
+    (fused) and h_steps as the forward left it."""
     T, B, H, dtype = (5, 16, 16, np.float32) if tiled else (5, 3, 6, np.float64)
     rng = np.random.default_rng(seed)
     G = 4 * H
@@ -259,17 +262,27 @@ def run_band_kernels(threads, tiled=False, seed=21, bands=2, coupled=False):
         kernels.pack_into_bands(Wx_packed, Wx)
         kernels.pack_bands(Wx_rows_packed, Wx)
     meeting = np.zeros(2, dtype=np.int64)
+    none = np.empty((0, T, B), dtype)
+    mask = (2 * np.random.default_rng(seed + 1).integers(0, 2, (H, T, B))).astype(dtype)
+    x_drop = np.full((H, T, B), np.nan, dtype)
+    if dropout == "beforehand":
+        dh_seq *= mask
+    forward_masks = (x_drop, mask) if dropout == "fused" else (none, none)
     with numba_threads(threads):
         kernels.lstm_train_forward(
             h_seq, h_prev, h_prev_rows, act, c_steps, h_steps, weights.Wh_bands, weights.Wh_packed, b, h0,
-            c0, table_T, tokens, x_steps, Wx_packed, meeting,
+            c0, table_T, tokens, x_steps, Wx_packed, *forward_masks, meeting,
         )  # fmt: skip
         forward_met = meeting[0]
+        forward_steps = h_steps.copy()
         kernels.lstm_train_backward(
-            dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_rows_packed, c0, h_prev_rows, dz_steps,
-            h_steps, dtable_T, tokens, dx_steps, Wx_rows_packed, bands, meeting,
+            dz, db, dWh, dWh_T, dh_seq, mask if dropout == "fused" else none, act, c_steps, Wh,
+            Wh_rows_packed, c0, h_prev_rows, dz_steps, h_steps, dtable_T, tokens, dx_steps, Wx_rows_packed,
+            bands, meeting,
         )  # fmt: skip
     outputs = (h_seq, h_prev, h_prev_rows, act, c_steps, dz, db, dWh, dtable_T, dx_steps)
+    if dropout is not None:
+        outputs += (x_drop, forward_steps, mask)
     return outputs, forward_met, meeting[0]
 
 
@@ -290,6 +303,27 @@ def test_bands_on_one_thread_or_two_give_the_same_bits(tiled, coupled):
     names = ("h_seq", "h_prev", "h_prev_rows", "act", "c_steps", "dz", "db", "dWh", "dtable_T", "dx_steps")
     for name, x, y in zip(names, together, alone, strict=True):
         assert np.array_equal(x, y), name
+
+
+@pytest.mark.parametrize(("tiled", "coupled"), [(False, False), (True, False), (True, True)],
+                         ids=["blas", "tiles", "tiles-coupled"])  # fmt: skip
+def test_step_kernels_drop_out_in_their_copies(tiled, coupled):
+    """With masks given, lstm_train_forward leaves x_drop = h * mask and its step-major output
+    masked the same way while the state it keeps (h_seq, h_prev, h_prev_rows) stays unmasked,
+    and lstm_train_backward masks dh as it copies it: the same as the masks applied by the
+    caller, bit for bit."""
+    fused, _, _ = run_band_kernels(threads=1, tiled=tiled, coupled=coupled, dropout="fused")
+    beforehand, _, _ = run_band_kernels(threads=1, tiled=tiled, coupled=coupled, dropout="beforehand")
+    *state, x_drop, forward_steps, mask = fused
+    *expected, _, unmasked_steps, _ = beforehand
+    names = ("h_seq", "h_prev", "h_prev_rows", "act", "c_steps", "dz", "db", "dWh", "dtable_T", "dx_steps")
+    for name, x, y in zip(names, state, expected, strict=True):
+        assert np.array_equal(x, y), name
+    h_seq = state[0]
+    assert np.array_equal(unmasked_steps, h_seq.transpose(1, 0, 2))  # no masks: h itself
+    assert np.array_equal(x_drop, h_seq * mask)
+    assert np.array_equal(forward_steps, (h_seq * mask).transpose(1, 0, 2))
+    assert 0 < np.count_nonzero(mask) < mask.size
 
 
 TILED = {  # bands of 8 or 16 units: on AVX2's 6-row tiles, with tails

@@ -99,7 +99,7 @@ def _activate_cell(h, c, z, c_prev):
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_forward(
     h_seq, h_prev_seq, h_prev_rows, act, c_steps, h_steps, Wh_bands, Wh_packed, b, h0, c0, table_T, tokens,
-    x_steps, Wx_packed, meeting,
+    x_steps, Wx_packed, x_drop, mask, meeting,
 ):  # fmt: skip
     """lstm_forward for training, keeping what lstm_train_backward needs; the units in U bands,
     one per thread.
@@ -126,6 +126,10 @@ def lstm_train_forward(
     (pack_into_bands of Wx) times x_steps[t] (the layer below's output, step-major), while
     x_steps[t] is in cache (act is then only written). Otherwise (no tokens, P = 0) act holds
     the projection already.
+    x_drop (H, T, B) out, mask (H, T, B): with dropout, x_drop = h_seq * mask, and h_steps is
+    left masked the same way (the next layer's input, step-major; h_seq, h_prev_seq and
+    h_prev_rows keep the state itself), both written while the copies read h_steps; or
+    (0, T, B) each, no dropout.
     """
     T, G, B = act.shape
     U = Wh_bands.shape[0]
@@ -149,9 +153,13 @@ def lstm_train_forward(
                 )
             if how == spin.TOGETHER:
                 spin.meet(meeting, U, t)
-        _to_feature_major(h_seq, h_prev_seq, h_steps, h0, first * Hu, last * Hu)
-        if h_prev_rows.shape[0] > 0:
+        # the team met after the last step: no thread reads another's rows of h_steps now
+        if h_prev_rows.shape[0] > 0:  # before the masks touch h_steps
             _to_stream_rows(h_prev_rows, h_steps, h0, first * Hu, last * Hu)
+        if mask.shape[0] > 0:
+            _to_feature_major_dropped(h_seq, h_prev_seq, h_steps, h0, x_drop, mask, first * Hu, last * Hu)
+        else:
+            _to_feature_major(h_seq, h_prev_seq, h_steps, h0, first * Hu, last * Hu)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -248,6 +256,32 @@ def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _to_feature_major_dropped(h_seq, h_prev_seq, h_steps, h0, x_drop, mask, lo, hi):
+    """_to_feature_major, and x_drop (H, T, B) = h_seq * mask (H, T, B), with h_steps left
+    masked the same way: inverted dropout in the pass that reads h_steps anyway. h_prev_seq
+    reads the state from h_seq, written unmasked just before."""
+    T, H, B = h_steps.shape
+    with_prev = h_prev_seq.shape[0] > 0
+    for j in range(lo, hi):
+        for t in range(T):
+            src = h_steps[t, j]
+            dst = h_seq[j, t]
+            keep = mask[j, t]
+            dropped = x_drop[j, t]
+            for r in range(B):
+                value = src[r]
+                dst[r] = value
+                value *= keep[r]
+                dropped[r] = value
+                src[r] = value
+            if with_prev:
+                before = h_seq[j, t - 1] if t > 0 else h0[j]
+                prev = h_prev_seq[j, t]
+                for r in range(B):
+                    prev[r] = before[r]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def _to_stream_rows(h_prev_rows, h_steps, h0, lo, hi):
     """Columns lo .. hi-1 of h_prev_rows (T, B, H)[t] = h_{t-1}.T: h0 (H, B) first, then
     h_steps (T, H, B)."""
@@ -259,8 +293,8 @@ def _to_stream_rows(h_prev_rows, h_steps, h0, lo, hi):
 
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def lstm_train_backward(
-    dz, db, dWh, dWh_T, dh_seq, act, c_steps, Wh, Wh_packed, c0, h_prev_rows, dz_steps, dh_steps, dtable_T,
-    tokens, dx_steps, Wx_rows_packed, bands, meeting,
+    dz, db, dWh, dWh_T, dh_seq, dh_mask, act, c_steps, Wh, Wh_packed, c0, h_prev_rows, dz_steps, dh_steps,
+    dtable_T, tokens, dx_steps, Wx_rows_packed, bands, meeting,
 ):  # fmt: skip
     """Backpropagate one layer through its window (truncated: nothing flows into h0, c0); the
     units in `bands` bands, one per thread, as in lstm_train_forward.
@@ -275,6 +309,8 @@ def lstm_train_backward(
            h_prev_rows empty (0, B, H): dWh is the caller's (one product from dz).
     dh_seq (H, T, B): gradient w.r.t. each h_t from above (the next layer or the head); or
            (0, T, B): dh_steps holds it already (the layer above's dx_steps)
+    dh_mask (H, T, B): with dropout, the layer's mask, applied to dh_seq as it is copied
+           step-major; or (0, T, B)
     act, c_steps: as left by lstm_train_forward; Wh (H, 4H); c0 (H, B) the carried-in cell.
     Wh_packed (U, P, 4H, ROWS): Wh's rows of each band's units packed for step_product
            (layouts.pack_bands), or (U, 0, 4H, ROWS): BLAS on Wh.
@@ -304,7 +340,9 @@ def lstm_train_backward(
         how = spin.join_team(meeting, U, spin.PATIENCE)
         first, last = spin.share(how, u, U)  # the bands this thread walks
         lo, hi = first * Hu, last * Hu  # their units
-        if dh_seq.shape[0] > 0:
+        if dh_seq.shape[0] > 0 and dh_mask.shape[0] > 0:
+            _to_step_major_rows_masked(dh_steps, dh_seq, dh_mask, lo, hi)
+        elif dh_seq.shape[0] > 0:
             _to_step_major_rows(dh_steps, dh_seq, lo, hi)
         if with_dWh:
             for q in range(4):
@@ -333,6 +371,20 @@ def lstm_train_backward(
         if with_dWh:
             for q in range(4):
                 _transpose(dWh[:, q * H + lo : q * H + hi], dWh_T[q * H + lo : q * H + hi], True)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _to_step_major_rows_masked(dst, src, mask, lo, hi):
+    """dst (T, R, B)[t, k] = src (R, T, B)[k, t] * mask (R, T, B)[k, t] for the rows lo .. hi-1:
+    dropout's backward on the way to the step-major layout."""
+    T, R, B = dst.shape
+    for k in range(lo, hi):
+        for t in range(T):
+            d = dst[t, k]
+            s = src[k, t]
+            m = mask[k, t]
+            for r in range(B):
+                d[r] = s[r] * m[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
