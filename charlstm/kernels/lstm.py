@@ -244,15 +244,9 @@ def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
     with_prev = h_prev_seq.shape[0] > 0
     for j in range(lo, hi):
         for t in range(T):
-            src = h_steps[t, j]
-            dst = h_seq[j, t]
-            for r in range(B):  # explicit loops: numba's slice assignment costs more per row
-                dst[r] = src[r]
+            _copy_row(h_seq[j, t], h_steps[t, j])
             if with_prev:
-                before = h_steps[t - 1, j] if t > 0 else h0[j]
-                prev = h_prev_seq[j, t]
-                for r in range(B):
-                    prev[r] = before[r]
+                _copy_row(h_prev_seq[j, t], h_steps[t - 1, j] if t > 0 else h0[j])
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -275,10 +269,14 @@ def _to_feature_major_dropped(h_seq, h_prev_seq, h_steps, h0, x_drop, mask, lo, 
                 dropped[r] = value
                 src[r] = value
             if with_prev:
-                before = h_seq[j, t - 1] if t > 0 else h0[j]
-                prev = h_prev_seq[j, t]
-                for r in range(B):
-                    prev[r] = before[r]
+                _copy_row(h_prev_seq[j, t], h_seq[j, t - 1] if t > 0 else h0[j])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _copy_row(dst, src):
+    """dst (B,) = src (B,): an explicit loop, as numba's slice assignment costs more per row."""
+    for r in range(dst.shape[0]):
+        dst[r] = src[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
