@@ -420,7 +420,7 @@ def _train_forward(
             else:
                 kernels.matmul(tb.table_T, Wx.T, params["embed"].T)  # (4H, E)·(E, V)
         elif tb.coupled:  # x_t·Wx inside the steps, from the layer below's step-major output
-            kernels.pack_into_bands(tb.Wx_packed, Wx)  # (the output dropped out, if dropout)
+            kernels.pack_into_bands(tb.Wx_packed, Wx)  # (that output left dropped out by its kernel)
         elif tb.windowed:  # x·Wx on the tiles over the window, from the same step-major output
             kernels.pack_rows(tb.Wx_window, Wx.T, 4 * H, U)
             kernels.tiled_steps_product(tb.act[layer], tb.Wx_window, _steps_of(tb, layer - 1), U)

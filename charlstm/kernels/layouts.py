@@ -30,6 +30,20 @@ def _to_step_major_rows(dst, src, lo, hi):
                 d[r] = s[r]
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def _to_step_major_rows_masked(dst, src, mask, lo, hi):
+    """dst (T, R, B)[t, k] = src (R, T, B)[k, t] * mask (R, T, B)[k, t] for the rows lo .. hi-1:
+    dropout's backward on the way to the step-major layout."""
+    T, R, B = dst.shape
+    for k in range(lo, hi):
+        for t in range(T):
+            d = dst[t, k]
+            s = src[k, t]
+            m = mask[k, t]
+            for r in range(B):
+                d[r] = s[r] * m[r]
+
+
 @njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def transpose_into(out, a, threads):
     """out (N, M) = a (M, N).T, in `threads` bands of out's rows: the contiguous transposes

@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from . import spin, tiles
 from .activations import sigmoid, tanh
-from .layouts import _to_step_major_rows, _transpose
+from .layouts import _to_step_major_rows, _to_step_major_rows_masked, _transpose
 from .products import step_product
 
 
@@ -253,7 +253,9 @@ def _to_feature_major(h_seq, h_prev_seq, h_steps, h0, lo, hi):
 def _to_feature_major_dropped(h_seq, h_prev_seq, h_steps, h0, x_drop, mask, lo, hi):
     """_to_feature_major, and x_drop (H, T, B) = h_seq * mask (H, T, B), with h_steps left
     masked the same way: inverted dropout in the pass that reads h_steps anyway. h_prev_seq
-    reads the state from h_seq, written unmasked just before."""
+    reads the state from h_seq, written unmasked just before. A function of its own: a mask
+    branch inside _to_feature_major's loop cost the forward without dropout 0.3-0.7 ms a
+    layer (H=256, Zen 4), and masking a unit in a second pass cost about 1 ms a step more."""
     T, H, B = h_steps.shape
     with_prev = h_prev_seq.shape[0] > 0
     for j in range(lo, hi):
@@ -369,20 +371,6 @@ def lstm_train_backward(
         if with_dWh:
             for q in range(4):
                 _transpose(dWh[:, q * H + lo : q * H + hi], dWh_T[q * H + lo : q * H + hi], True)
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def _to_step_major_rows_masked(dst, src, mask, lo, hi):
-    """dst (T, R, B)[t, k] = src (R, T, B)[k, t] * mask (R, T, B)[k, t] for the rows lo .. hi-1:
-    dropout's backward on the way to the step-major layout."""
-    T, R, B = dst.shape
-    for k in range(lo, hi):
-        for t in range(T):
-            d = dst[t, k]
-            s = src[k, t]
-            m = mask[k, t]
-            for r in range(B):
-                d[r] = s[r] * m[r]
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
